@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs every Debian package Holt needs to build, to build guest images and to run its tests.
+# Safe to run again: it only calls apt-get when something is missing.
+set -euo pipefail
+
+packages=(
+  # build
+  build-essential cmake ninja-build ccache pkg-config clang-format
+  libboost1.81-dev libboost-json1.81-dev libboost-url1.81-dev libboost-system1.81-dev
+  libcli11-dev libspdlog-dev libfmt-dev libyaml-cpp-dev libssl-dev
+  libgtest-dev libgmock-dev
+  # VMs and guest images
+  qemu-system-x86 qemu-utils busybox-static mmdebstrap e2fsprogs cpio kmod xz-utils zstd
+  # networking of VMs
+  iproute2 nftables
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+echo "holt: installing ${#missing[@]} Debian packages: ${missing[*]}"
+if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
