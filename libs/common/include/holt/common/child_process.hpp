@@ -1,0 +1,64 @@
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace holt {
+
+// How a child process ended.
+struct ExitStatus {
+    int exit_code = 0;     // valid when signal == 0
+    int signal = 0;        // the signal that killed it, or 0
+    bool success() const { return signal == 0 && exit_code == 0; }
+    std::string describe() const;  // "exit code 3", "killed by signal 9 (Killed)"
+};
+
+struct SpawnOptions {
+    // Where the child's stdout and stderr go; empty: inherited from this process.
+    std::filesystem::path output_file;
+    // Kill the child when the thread that spawned it exits (PR_SET_PDEATHSIG). Right for
+    // short-lived tools; wrong for services whose VMs must outlive a restart.
+    bool die_with_parent = false;
+};
+
+// A long-running child process, such as a QEMU. The destructor kills and reaps it if it is still
+// running, so no path leaves it behind.
+class ChildProcess {
+public:
+    static ChildProcess spawn(const std::vector<std::string>& argv, const SpawnOptions& options);
+
+    ChildProcess(ChildProcess&&) noexcept;
+    ChildProcess& operator=(ChildProcess&&) noexcept;
+    ~ChildProcess();
+
+    pid_t pid() const;
+    // Reaps the child if it has ended; true while it runs.
+    bool running();
+    // Waits up to `timeout` for the child to end; the status if it did.
+    std::optional<ExitStatus> wait_for(std::chrono::milliseconds timeout);
+    void send_signal(int signal);
+    // SIGKILL and reap; no-op if already ended.
+    void kill_and_wait();
+    std::optional<ExitStatus> exit_status() const { return status_; }
+
+private:
+    ChildProcess() = default;
+    pid_t pid_ = -1;
+    std::optional<ExitStatus> status_;
+};
+
+// Runs `argv` to completion. With capture, returns its stdout and stderr together in `output`;
+// without, they go to this process's own. Throws holt::Error if it cannot be started.
+struct CommandResult {
+    ExitStatus status;
+    std::string output;
+};
+CommandResult run_command(const std::vector<std::string>& argv, bool capture = true);
+
+}  // namespace holt

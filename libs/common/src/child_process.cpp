@@ -1,0 +1,177 @@
+#include "holt/common/child_process.hpp"
+
+#include <sys/prctl.h>
+#include <sys/wait.h>
+
+#include <boost/process/args.hpp>
+#include <boost/process/child.hpp>
+#include <boost/process/exe.hpp>
+#include <boost/process/extend.hpp>
+#include <boost/process/io.hpp>
+#include <boost/process/pipe.hpp>
+#include <csignal>
+#include <cstring>
+#include <thread>
+
+#include "holt/common/error.hpp"
+
+namespace holt {
+namespace {
+
+namespace bp = boost::process;
+
+ExitStatus status_from_wait(int raw) {
+    ExitStatus status;
+    if (WIFSIGNALED(raw)) {
+        status.signal = WTERMSIG(raw);
+    } else if (WIFEXITED(raw)) {
+        status.exit_code = WEXITSTATUS(raw);
+    }
+    return status;
+}
+
+// Kills the child when the spawning thread goes away (see SpawnOptions::die_with_parent).
+struct DieWithParent : bp::extend::handler {
+    template <typename Executor>
+    void on_exec_setup(Executor&) const {
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    }
+};
+
+struct NoOp : bp::extend::handler {};
+
+template <typename... Extra>
+bp::child launch(const std::vector<std::string>& argv, const SpawnOptions& options,
+                 Extra&&... extra) {
+    std::vector<std::string> args(argv.begin() + 1, argv.end());
+    if (options.output_file.empty()) {
+        return bp::child(bp::exe = argv.front(), bp::args = args, bp::std_in < bp::null,
+                         std::forward<Extra>(extra)...);
+    }
+    return bp::child(bp::exe = argv.front(), bp::args = args, bp::std_in < bp::null,
+                     (bp::std_out & bp::std_err) > options.output_file.string(),
+                     std::forward<Extra>(extra)...);
+}
+
+}  // namespace
+
+std::string ExitStatus::describe() const {
+    if (signal != 0) {
+        return "killed by signal " + std::to_string(signal) + " (" + strsignal(signal) + ")";
+    }
+    return "exit code " + std::to_string(exit_code);
+}
+
+ChildProcess ChildProcess::spawn(const std::vector<std::string>& argv,
+                                 const SpawnOptions& options) {
+    if (argv.empty()) {
+        throw Error("spawn: empty command");
+    }
+    try {
+        bp::child child = options.die_with_parent ? launch(argv, options, DieWithParent{})
+                                                  : launch(argv, options, NoOp{});
+        ChildProcess process;
+        process.pid_ = child.id();
+        // We reap it ourselves with waitpid from here on.
+        child.detach();
+        return process;
+    } catch (const std::exception& e) {
+        throw Error("start " + argv.front() + ": " + e.what());
+    }
+}
+
+ChildProcess::ChildProcess(ChildProcess&& other) noexcept
+    : pid_(std::exchange(other.pid_, -1)), status_(other.status_) {}
+
+ChildProcess& ChildProcess::operator=(ChildProcess&& other) noexcept {
+    if (this != &other) {
+        kill_and_wait();
+        pid_ = std::exchange(other.pid_, -1);
+        status_ = other.status_;
+    }
+    return *this;
+}
+
+ChildProcess::~ChildProcess() {
+    kill_and_wait();
+}
+
+pid_t ChildProcess::pid() const {
+    return pid_;
+}
+
+bool ChildProcess::running() {
+    if (pid_ < 0 || status_) {
+        return false;
+    }
+    int raw = 0;
+    pid_t r = ::waitpid(pid_, &raw, WNOHANG);
+    if (r == pid_) {
+        status_ = status_from_wait(raw);
+        return false;
+    }
+    if (r < 0 && errno == ECHILD) {
+        status_ = ExitStatus{.exit_code = -1};
+        return false;
+    }
+    return true;
+}
+
+std::optional<ExitStatus> ChildProcess::wait_for(std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (running()) {
+        if (std::chrono::steady_clock::now() >= deadline) {
+            return std::nullopt;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    return status_;
+}
+
+void ChildProcess::send_signal(int signal) {
+    if (running()) {
+        ::kill(pid_, signal);
+    }
+}
+
+void ChildProcess::kill_and_wait() {
+    if (!running()) {
+        return;
+    }
+    ::kill(pid_, SIGKILL);
+    int raw = 0;
+    while (::waitpid(pid_, &raw, 0) < 0 && errno == EINTR) {
+    }
+    status_ = status_from_wait(raw);
+}
+
+CommandResult run_command(const std::vector<std::string>& argv, bool capture) {
+    if (argv.empty()) {
+        throw Error("run: empty command");
+    }
+    std::vector<std::string> args(argv.begin() + 1, argv.end());
+    CommandResult result;
+    try {
+        if (capture) {
+            bp::ipstream output;
+            bp::child child(bp::exe = argv.front(), bp::args = args, bp::std_in < bp::null,
+                            (bp::std_out & bp::std_err) > output);
+            std::string line;
+            while (std::getline(output, line)) {
+                result.output += line;
+                result.output += '\n';
+            }
+            child.wait();
+            result.status = status_from_wait(child.native_exit_code());
+        } else {
+            bp::child child(bp::exe = argv.front(), bp::args = args, bp::std_in < bp::null);
+            child.wait();
+            result.status = status_from_wait(child.native_exit_code());
+        }
+    } catch (const std::exception& e) {
+        throw Error("run " + argv.front() + ": " + e.what());
+    }
+    return result;
+}
+
+}  // namespace holt

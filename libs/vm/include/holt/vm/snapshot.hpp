@@ -1,0 +1,99 @@
+#pragma once
+
+// Snapshots of VMs and the disk layers they stand on.
+//
+// A snapshot directory (format kSnapshotFormat) holds:
+//   snapshot.json  what the snapshot is; written last and atomically, so a directory without it
+//                  is a partial snapshot and is never used
+//   state          QEMU's migration stream: device and CPU state, plus guest RAM unless the
+//                  memory file below is the RAM image
+//   memory         (template snapshots only) the guest RAM image; every restore maps it
+//                  copy-on-write, so clones share its pages and the file never changes
+//   disk.qcow2     (template snapshots) the frozen layer of the root disk, read-only from then on;
+//                  a VM snapshot's frozen layer stays where it was made, in DATA/layers, and
+//                  snapshot.json names it
+//
+// snapshot.json fields: format, kind ("template" or "vm"), source (template name or VM id),
+// template,
+// key (what the snapshot was made from; a template snapshot whose key differs is stale),
+// vcpus, memory_mib, accel, kernel, initrd, kernel_args, disk (relative to the directory or
+// absolute), created_at.
+
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "holt/vm/machine_spec.hpp"
+
+namespace holt::vm {
+
+inline constexpr int kSnapshotFormat = 1;
+
+// One qcow2 file in a VM's chain of disk layers. A layer stays on disk while anything uses it:
+// the VM writing to it, or a snapshot or VM whose layers stack on it. Ephemeral layers are
+// deleted when the last user lets go; persistent ones (template snapshots) are not.
+class DiskLayer {
+public:
+    DiskLayer(std::filesystem::path path, std::shared_ptr<DiskLayer> backing, bool persistent);
+    ~DiskLayer();
+    DiskLayer(const DiskLayer&) = delete;
+    DiskLayer& operator=(const DiskLayer&) = delete;
+
+    const std::filesystem::path& path() const { return path_; }
+    const std::shared_ptr<DiskLayer>& backing() const { return backing_; }
+
+private:
+    std::filesystem::path path_;
+    std::shared_ptr<DiskLayer> backing_;
+    bool persistent_;
+};
+
+struct SnapshotManifest {
+    int format = kSnapshotFormat;
+    std::string kind;    // "template" or "vm"
+    std::string source;  // template name or VM id
+    std::string template_name;  // the template the VM was first made from
+    std::string key;
+    int vcpus = 1;
+    int memory_mib = 512;
+    Accelerator accel = Accelerator::tcg;
+    std::filesystem::path kernel;
+    std::filesystem::path initrd;
+    std::string kernel_args;
+    std::filesystem::path disk = "disk.qcow2";
+    std::string created_at;
+};
+
+// A restorable image of a VM at one moment. Restores need its state file only while they load
+// it, and its disk layer for as long as they run (they hold the layer, not the snapshot).
+class Snapshot {
+public:
+    Snapshot(std::filesystem::path dir, SnapshotManifest manifest, std::shared_ptr<DiskLayer> disk,
+             bool persistent);
+    ~Snapshot();
+    Snapshot(const Snapshot&) = delete;
+    Snapshot& operator=(const Snapshot&) = delete;
+
+    // Opens a complete snapshot directory. Throws holt::Error saying what is wrong with it
+    // (missing, partial, another format, a file gone).
+    static std::shared_ptr<Snapshot> open(const std::filesystem::path& dir, bool persistent);
+
+    const std::filesystem::path& dir() const { return dir_; }
+    const SnapshotManifest& manifest() const { return manifest_; }
+    const std::shared_ptr<DiskLayer>& disk() const { return disk_; }
+    std::filesystem::path state_file() const { return dir_ / "state"; }
+    std::filesystem::path memory_file() const { return dir_ / "memory"; }
+    // True when RAM lives in memory_file() rather than in the state stream.
+    bool has_memory_file() const { return manifest_.kind == "template"; }
+
+    // Writes snapshot.json into `dir` atomically; call last, once every other file is complete.
+    static void write_manifest(const std::filesystem::path& dir, const SnapshotManifest& manifest);
+
+private:
+    std::filesystem::path dir_;
+    SnapshotManifest manifest_;
+    std::shared_ptr<DiskLayer> disk_;
+    bool persistent_;
+};
+
+}  // namespace holt::vm

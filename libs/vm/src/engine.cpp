@@ -1,0 +1,481 @@
+#include "holt/vm/engine.hpp"
+
+#include <sys/file.h>
+#include <sys/random.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <ctime>
+#include <fstream>
+#include <future>
+#include <thread>
+
+#include "holt/common/child_process.hpp"
+#include "holt/common/error.hpp"
+#include "holt/common/log.hpp"
+#include "holt/vm/agent_client.hpp"
+
+namespace holt::vm {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// How often boot checks that QEMU is still alive while it waits for the agent.
+constexpr auto kAgentPollSlice = std::chrono::milliseconds(250);
+constexpr std::size_t kConsoleLinesInErrors = 15;
+// Fresh entropy handed to every restored guest before it runs anything for a user.
+constexpr std::size_t kEntropyBytes = 64;
+// The disk every VM boots from; its QEMU node and device keep this name across snapshots.
+constexpr const char* kRootDisk = "root";
+
+long elapsed_ms(Clock::time_point since) {
+    return static_cast<long>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - since).count());
+}
+
+std::string utc_now() {
+    std::time_t now = std::time(nullptr);
+    char text[32];
+    std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+    return text;
+}
+
+std::string file_stamp(const fs::path& path) {
+    std::error_code ec;
+    auto size = fs::file_size(path, ec);
+    auto time = fs::last_write_time(path, ec).time_since_epoch().count();
+    return std::to_string(ec ? 0 : size) + "@" + std::to_string(time);
+}
+
+// Holds an exclusive flock on a file for as long as it lives: serialises the making of one
+// template snapshot across processes.
+class FileLock {
+public:
+    explicit FileLock(const fs::path& path) {
+        fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd_ < 0 || ::flock(fd_, LOCK_EX) != 0) {
+            throw_errno("lock " + path.string());
+        }
+    }
+    ~FileLock() { ::close(fd_); }
+    FileLock(const FileLock&) = delete;
+    FileLock& operator=(const FileLock&) = delete;
+
+private:
+    int fd_ = -1;
+};
+
+// Records the disk layers a VM uses in its runtime directory, so that a sweep after a crash can
+// remove them with it.
+void record_disk_chain(const fs::path& runtime_dir, const std::shared_ptr<DiskLayer>& top) {
+    std::ofstream out(runtime_dir / "disk-chain");
+    for (auto layer = top; layer; layer = layer->backing()) {
+        out << layer->path().string() << "\n";
+    }
+}
+
+void remove_recorded_layers(const fs::path& runtime_dir, const fs::path& layers_dir) {
+    std::ifstream in(runtime_dir / "disk-chain");
+    std::string line;
+    std::error_code ec;
+    while (std::getline(in, line)) {
+        fs::path layer(line);
+        if (layer.parent_path() == layers_dir) {
+            fs::remove(layer, ec);
+        }
+    }
+}
+
+}  // namespace
+
+void create_overlay(const fs::path& base, const std::string& base_format, const fs::path& overlay) {
+    CommandResult result = run_command({"qemu-img", "create", "-q", "-f", "qcow2", "-F",
+                                        base_format, "-b", base.string(), overlay.string()});
+    if (!result.status.success()) {
+        throw Error("create overlay " + overlay.string() + " over " + base.string() + ": " +
+                    result.status.describe() + ": " + result.output);
+    }
+}
+
+Vm::Vm(RuntimeDir dir, std::string template_name, MachineSpec spec,
+       std::shared_ptr<DiskLayer> root_disk, std::unique_ptr<Machine> machine,
+       std::unique_ptr<AgentClient> agent)
+    : dir_(std::move(dir)),
+      template_name_(std::move(template_name)),
+      spec_(std::move(spec)),
+      root_disk_(std::move(root_disk)),
+      machine_(std::move(machine)),
+      agent_(std::move(agent)) {
+    record_disk_chain(dir_.path(), root_disk_);
+}
+
+Vm::~Vm() {
+    kill();
+}
+
+AgentClient& Vm::reconnect_agent(std::chrono::milliseconds timeout) {
+    agent_.reset();
+    agent_ = AgentClient::connect_unix(machine_->agent_socket(), Clock::now() + timeout);
+    return *agent_;
+}
+
+void Vm::stop() {
+    if (machine_->running() && agent_) {
+        try {
+            ExecRequest sync;
+            sync.argv = {"sync"};
+            sync.timeout = std::chrono::seconds(5);
+            agent_->run(sync);
+        } catch (const std::exception& e) {
+            holt::log::get("vm")->warn("vm={} could not sync before stop: {}", id(), e.what());
+        }
+    }
+    agent_.reset();
+    machine_->stop(std::chrono::seconds(3));
+    holt::log::get("vm")->info("vm={} stopped", id());
+}
+
+void Vm::kill() {
+    agent_.reset();
+    if (machine_) {
+        machine_->kill();
+    }
+}
+
+Engine::Engine(EngineOptions options)
+    : options_(std::move(options)),
+      images_(options_.data_dir, options_.recipes_dir),
+      driver_(options_.qemu) {}
+
+fs::path Engine::run_dir() const {
+    return options_.run_dir.empty() ? options_.data_dir / "run" : options_.run_dir;
+}
+
+std::string Engine::new_layer_name(const std::string& owner) const {
+    return random_id(owner) + ".qcow2";
+}
+
+AcceleratorChoice Engine::accelerator(const std::string& probe_template) {
+    std::lock_guard lock(accel_mutex_);
+    if (!accel_) {
+        TemplateImage image = images_.get(probe_template);
+        accel_ = choose_accelerator(options_.accel, driver_, image, vms_dir(),
+                                    options_.data_dir / "accelerator.json");
+        auto logger = holt::log::get("vm");
+        if (accel_->accel == Accelerator::tcg && options_.accel == AcceleratorMode::automatic) {
+            logger->warn("accelerator: TCG (software emulation, slower): {}", accel_->reason);
+        } else {
+            logger->info("accelerator: {} ({})", to_string(accel_->accel), accel_->reason);
+        }
+    }
+    return *accel_;
+}
+
+std::vector<std::string> Engine::sweep_stale_vms() {
+    std::vector<std::string> removed;
+    for (const auto& id : RuntimeDir::sweep_stale(vms_dir(), [&](const fs::path& dir) {
+             remove_recorded_layers(dir, layers_dir());
+         })) {
+        holt::log::get("vm")->info("vm={} removed: left behind by a process that died", id);
+        removed.push_back(id);
+    }
+    return removed;
+}
+
+std::unique_ptr<Vm> Engine::boot(const VmOptions& options) {
+    auto started = Clock::now();
+    TemplateImage image = images_.get(options.template_name);
+    Accelerator accel = accelerator(options.template_name).accel;
+
+    RuntimeDir dir = RuntimeDir::create(vms_dir(), "vm");
+    std::string id = dir.id();
+    return with_context("boot " + id + " from template " + options.template_name, [&] {
+        fs::create_directories(layers_dir());
+        auto root = std::make_shared<DiskLayer>(layers_dir() / new_layer_name(id), nullptr, false);
+        with_context("create disk overlay",
+                     [&] { create_overlay(image.rootfs, image.rootfs_format, root->path()); });
+
+        MachineSpec spec{
+            .id = id,
+            .vcpus = options.vcpus,
+            .memory_mib = options.memory_mib,
+            .accel = accel,
+            .kernel = image.kernel,
+            .initrd = image.initrd,
+            .kernel_args = options.extra_kernel_args,
+            .disks = {DiskSpec{.id = kRootDisk, .path = root->path(), .format = "qcow2"}},
+            .runtime_dir = dir.path(),
+        };
+        std::unique_ptr<Machine> machine = driver_.start(spec);
+        dir.record_hypervisor_pid(machine->pid());
+
+        auto timeout =
+            options.boot_timeout.count() > 0 ? options.boot_timeout : options_.boot_timeout;
+        std::unique_ptr<AgentClient> agent = wait_for_agent(*machine, started + timeout);
+        holt::log::get("vm")->info("vm={} booted template={} accel={} in {} ms", id,
+                                   options.template_name, to_string(accel), elapsed_ms(started));
+        return std::make_unique<Vm>(std::move(dir), options.template_name, std::move(spec),
+                                    std::move(root), std::move(machine), std::move(agent));
+    });
+}
+
+std::unique_ptr<Vm> Engine::create(const VmOptions& options) {
+    return restore(template_snapshot(options), options.template_name);
+}
+
+std::shared_ptr<Snapshot> Engine::template_snapshot(const VmOptions& options) {
+    TemplateImage image = images_.get(options.template_name);
+    Accelerator accel = accelerator(options.template_name).accel;
+    std::string name = options.template_name + "-" + std::to_string(options.vcpus) + "cpu-" +
+                       std::to_string(options.memory_mib) + "m";
+    // Everything the saved guest depends on; a snapshot made from anything else is stale.
+    std::string key = "format=" + std::to_string(kSnapshotFormat) +
+                      ";recipe=" + image.recipe_hash + ";kernel=" + image.kernel.string() +
+                      ";initrd=" + image.initrd.string() + "@" + file_stamp(image.initrd) +
+                      ";accel=" + to_string(accel) +
+                      ";qemu=" + file_stamp(driver_.command_line(MachineSpec{}).front()) +
+                      ";args=" + driver_.base_kernel_args(accel) + " " + options.extra_kernel_args;
+
+    std::lock_guard lock(templates_mutex_);
+    if (auto it = templates_.find(name); it != templates_.end() && it->second->manifest().key == key) {
+        return it->second;
+    }
+    fs::path root = options_.data_dir / "snapshots" / "templates";
+    fs::create_directories(root);
+    FileLock file_lock(root / (name + ".lock"));
+    fs::path dir = root / name;
+
+    std::shared_ptr<Snapshot> snapshot;
+    std::string problem;
+    try {
+        snapshot = Snapshot::open(dir, /*persistent=*/true);
+        if (snapshot->manifest().key != key) {
+            problem = "it was made from another image, QEMU or configuration";
+            snapshot.reset();
+        }
+    } catch (const Error& e) {
+        problem = e.what();
+    }
+    if (!snapshot) {
+        if (fs::exists(dir)) {
+            holt::log::get("vm")->warn("template snapshot {} is unusable ({}); making it again",
+                                       name, problem);
+        }
+        snapshot = make_template_snapshot(options, key, dir);
+    }
+    templates_[name] = snapshot;
+    return snapshot;
+}
+
+std::shared_ptr<Snapshot> Engine::make_template_snapshot(const VmOptions& options,
+                                                         const std::string& key,
+                                                         const fs::path& dir) {
+    auto started = Clock::now();
+    TemplateImage image = images_.get(options.template_name);
+    Accelerator accel = accelerator(options.template_name).accel;
+    fs::path tmp = dir;
+    tmp += ".partial";
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    fs::create_directories(tmp);
+
+    return with_context("make template snapshot " + dir.filename().string(), [&] {
+        RuntimeDir runtime = RuntimeDir::create(vms_dir(), "tpl");
+        with_context("create disk overlay",
+                     [&] { create_overlay(image.rootfs, image.rootfs_format, tmp / "disk.qcow2"); });
+        MachineSpec spec{
+            .id = runtime.id(),
+            .vcpus = options.vcpus,
+            .memory_mib = options.memory_mib,
+            .accel = accel,
+            .kernel = image.kernel,
+            .initrd = image.initrd,
+            .kernel_args = options.extra_kernel_args,
+            .disks = {DiskSpec{.id = kRootDisk, .path = tmp / "disk.qcow2", .format = "qcow2"}},
+            .memory = {.file = tmp / "memory", .shared = true},
+            .runtime_dir = runtime.path(),
+        };
+        std::unique_ptr<Machine> machine = driver_.start(spec);
+        runtime.record_hypervisor_pid(machine->pid());
+        auto agent = wait_for_agent(*machine, started + options_.boot_timeout);
+        agent.reset();
+        machine->save_state(tmp / "state", /*skip_shared_memory=*/true);
+        machine->stop(std::chrono::seconds(3));
+
+        SnapshotManifest manifest{
+            .kind = "template",
+            .source = options.template_name,
+            .template_name = options.template_name,
+            .key = key,
+            .vcpus = options.vcpus,
+            .memory_mib = options.memory_mib,
+            .accel = accel,
+            .kernel = image.kernel,
+            .initrd = image.initrd,
+            .kernel_args = options.extra_kernel_args,
+            .disk = "disk.qcow2",
+            .created_at = utc_now(),
+        };
+        Snapshot::write_manifest(tmp, manifest);
+        fs::remove_all(dir, ec);
+        fs::rename(tmp, dir);
+        holt::log::get("vm")->info("template snapshot {} made in {} ms", dir.filename().string(),
+                                   elapsed_ms(started));
+        return Snapshot::open(dir, /*persistent=*/true);
+    });
+}
+
+std::unique_ptr<Vm> Engine::restore(const std::shared_ptr<Snapshot>& snapshot,
+                                    const std::string& template_name) {
+    auto started = Clock::now();
+    const SnapshotManifest& m = snapshot->manifest();
+    RuntimeDir dir = RuntimeDir::create(vms_dir(), "vm");
+    std::string id = dir.id();
+    return with_context("restore " + id + " from snapshot " + m.source, [&] {
+        fs::create_directories(layers_dir());
+        auto root = std::make_shared<DiskLayer>(layers_dir() / new_layer_name(id),
+                                                snapshot->disk(), false);
+        with_context("create disk overlay",
+                     [&] { create_overlay(snapshot->disk()->path(), "qcow2", root->path()); });
+        MachineSpec spec{
+            .id = id,
+            .vcpus = m.vcpus,
+            .memory_mib = m.memory_mib,
+            .accel = m.accel,
+            .kernel = m.kernel,
+            .initrd = m.initrd,
+            .kernel_args = m.kernel_args,
+            .disks = {DiskSpec{.id = kRootDisk, .path = root->path(), .format = "qcow2"}},
+            .incoming = true,
+            .runtime_dir = dir.path(),
+        };
+        if (snapshot->has_memory_file()) {
+            spec.memory = {.file = snapshot->memory_file(), .shared = false};
+        }
+        std::unique_ptr<Machine> machine = driver_.start(spec);
+        dir.record_hypervisor_pid(machine->pid());
+        machine->load_state(snapshot->state_file(), snapshot->has_memory_file());
+
+        auto agent = wait_for_agent(*machine, Clock::now() + options_.restore_timeout);
+        // Every restore resumes with the snapshot's clock and RNG state: fix both before the
+        // guest runs anything for its user.
+        with_context("set guest clock", [&] { agent->set_time(std::chrono::system_clock::now()); });
+        std::array<std::byte, kEntropyBytes> entropy{};
+        if (::getrandom(entropy.data(), entropy.size(), 0) != static_cast<ssize_t>(entropy.size())) {
+            throw_errno("getrandom");
+        }
+        with_context("reseed guest RNG", [&] { agent->add_entropy(entropy); });
+
+        holt::log::get("vm")->info("vm={} restored from {} in {} ms", id, m.source,
+                                   elapsed_ms(started));
+        return std::make_unique<Vm>(std::move(dir),
+                                    template_name.empty() ? m.template_name : template_name,
+                                    std::move(spec), std::move(root), std::move(machine),
+                                    std::move(agent));
+    });
+}
+
+std::shared_ptr<Snapshot> Engine::save_running(Vm& vm, bool resume) {
+    fs::path dir = run_dir() / "snapshots" / random_id(vm.id());
+    fs::create_directories(dir);
+    auto frozen = vm.root_disk_;
+    return with_context("snapshot " + vm.id(), [&] {
+        auto& machine = *vm.machine_;
+        machine.pause();
+        if (resume) {
+            auto next = std::make_shared<DiskLayer>(layers_dir() / new_layer_name(vm.id()),
+                                                    frozen, false);
+            machine.switch_disk_overlay(kRootDisk, next->path());
+            vm.root_disk_ = next;
+            record_disk_chain(vm.runtime_dir(), next);
+        }
+        machine.save_state(dir / "state", /*skip_shared_memory=*/false);
+        if (resume) {
+            machine.resume();
+        }
+        SnapshotManifest manifest{
+            .kind = "vm",
+            .source = vm.id(),
+            .template_name = vm.template_name(),
+            .key = "",
+            .vcpus = vm.spec_.vcpus,
+            .memory_mib = vm.spec_.memory_mib,
+            .accel = vm.spec_.accel,
+            .kernel = vm.spec_.kernel,
+            .initrd = vm.spec_.initrd,
+            .kernel_args = vm.spec_.kernel_args,
+            .disk = frozen->path(),
+            .created_at = utc_now(),
+        };
+        Snapshot::write_manifest(dir, manifest);
+        return std::make_shared<Snapshot>(dir, manifest, frozen, /*persistent=*/false);
+    });
+}
+
+std::shared_ptr<Snapshot> Engine::snapshot(Vm& vm) {
+    auto started = Clock::now();
+    auto snapshot = save_running(vm, /*resume=*/true);
+    holt::log::get("vm")->info("vm={} snapshot taken in {} ms", vm.id(), elapsed_ms(started));
+    return snapshot;
+}
+
+std::vector<std::unique_ptr<Vm>> Engine::fork(Vm& parent, int count) {
+    auto snapshot = save_running(parent, /*resume=*/true);
+    std::vector<std::future<std::unique_ptr<Vm>>> pending;
+    for (int i = 0; i < count; ++i) {
+        pending.push_back(std::async(std::launch::async, [&] { return restore(snapshot); }));
+    }
+    std::vector<std::unique_ptr<Vm>> children;
+    std::exception_ptr failure;
+    for (auto& child : pending) {
+        try {
+            children.push_back(child.get());
+        } catch (...) {
+            failure = std::current_exception();
+        }
+    }
+    if (failure) {
+        std::rethrow_exception(failure);  // the children made so far are removed with the vector
+    }
+    return children;
+}
+
+std::shared_ptr<Snapshot> Engine::hibernate(std::unique_ptr<Vm> vm) {
+    auto started = Clock::now();
+    auto snapshot = save_running(*vm, /*resume=*/false);
+    std::string id = vm->id();
+    vm.reset();
+    holt::log::get("vm")->info("vm={} hibernated in {} ms", id, elapsed_ms(started));
+    return snapshot;
+}
+
+std::unique_ptr<Vm> Engine::wake(const std::shared_ptr<Snapshot>& hibernated) {
+    return restore(hibernated);
+}
+
+std::unique_ptr<AgentClient> Engine::wait_for_agent(Machine& machine, Clock::time_point deadline) {
+    auto console_tail = [&] {
+        std::string tail = tail_of_file(machine.console_log(), kConsoleLinesInErrors);
+        return tail.empty() ? std::string("(the console is empty)") : tail;
+    };
+    for (;;) {
+        auto slice_end = std::min(deadline, Clock::now() + kAgentPollSlice);
+        try {
+            return AgentClient::connect_unix(machine.agent_socket(), slice_end);
+        } catch (const Error&) {
+            if (!machine.running()) {
+                throw Error("wait for agent: the guest stopped before its agent answered (QEMU " +
+                            machine.exit_reason().value_or("ended") + "); last console lines:\n" +
+                            console_tail());
+            }
+            if (Clock::now() >= deadline) {
+                throw Error(
+                    "wait for agent: no answer before the boot deadline; last console lines:\n" +
+                    console_tail());
+            }
+        }
+    }
+}
+
+}  // namespace holt::vm

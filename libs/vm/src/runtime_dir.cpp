@@ -1,0 +1,163 @@
+#include "holt/vm/runtime_dir.hpp"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <fstream>
+#include <iterator>
+#include <random>
+#include <thread>
+
+#include "holt/common/error.hpp"
+
+namespace holt::vm {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Locks DIR/lock; the creator makes the file, a sweeper only opens an existing one.
+int lock_directory(const fs::path& dir, bool create) {
+    int fd = ::open((dir / "lock").c_str(), O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
+    if (fd < 0) {
+        return -1;
+    }
+    if (::flock(fd, LOCK_EX | (create ? 0 : LOCK_NB)) != 0) {
+        ::close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+// Kills the hypervisor recorded in `dir` if that pid still runs a command line that names `dir`
+// (so a recycled pid is never killed by mistake).
+void kill_recorded_hypervisor(const fs::path& dir) {
+    std::ifstream pid_file(dir / "hypervisor.pid");
+    int pid = 0;
+    if (!(pid_file >> pid) || pid <= 1) {
+        return;
+    }
+    std::ifstream cmdline("/proc/" + std::to_string(pid) + "/cmdline");
+    std::string args((std::istreambuf_iterator<char>(cmdline)), std::istreambuf_iterator<char>());
+    if (args.find(dir.string()) == std::string::npos) {
+        return;
+    }
+    ::kill(pid, SIGKILL);
+    for (int i = 0; i < 100 && ::kill(pid, 0) == 0; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+}
+
+}  // namespace
+
+std::string random_id(const std::string& prefix) {
+    static thread_local std::mt19937_64 rng{std::random_device{}()};
+    char hex[9];
+    std::snprintf(hex, sizeof(hex), "%08x", static_cast<unsigned>(rng()));
+    return prefix + "-" + hex;
+}
+
+RuntimeDir RuntimeDir::create(const fs::path& runtime_root, const std::string& prefix) {
+    std::error_code ec;
+    fs::create_directories(runtime_root, ec);
+    if (ec) {
+        throw Error("create runtime directory " + runtime_root.string() + ": " + ec.message());
+    }
+    for (int attempt = 0; attempt < 8; ++attempt) {
+        std::string id = random_id(prefix);
+        fs::path path = runtime_root / id;
+        if (::mkdir(path.c_str(), 0700) != 0) {
+            if (errno == EEXIST) {
+                continue;
+            }
+            throw_errno("create runtime directory " + path.string());
+        }
+        int fd = lock_directory(path, /*create=*/true);
+        if (fd < 0) {
+            int err = errno;
+            fs::remove_all(path, ec);
+            throw Error("lock runtime directory " + path.string() + ": " + errno_text(err));
+        }
+        return RuntimeDir(id, path, fd);
+    }
+    throw Error("could not find a free VM id under " + runtime_root.string());
+}
+
+RuntimeDir::RuntimeDir(std::string id, fs::path path, int lock_fd)
+    : id_(std::move(id)), path_(std::move(path)), lock_fd_(lock_fd) {}
+
+RuntimeDir::RuntimeDir(RuntimeDir&& other) noexcept
+    : id_(std::move(other.id_)),
+      path_(std::move(other.path_)),
+      lock_fd_(std::exchange(other.lock_fd_, -1)) {
+    other.path_.clear();
+}
+
+RuntimeDir& RuntimeDir::operator=(RuntimeDir&& other) noexcept {
+    if (this != &other) {
+        release();
+        id_ = std::move(other.id_);
+        path_ = std::move(other.path_);
+        lock_fd_ = std::exchange(other.lock_fd_, -1);
+        other.path_.clear();
+    }
+    return *this;
+}
+
+RuntimeDir::~RuntimeDir() {
+    release();
+}
+
+void RuntimeDir::release() {
+    if (!path_.empty()) {
+        std::error_code ec;
+        fs::remove_all(path_, ec);
+        path_.clear();
+    }
+    if (lock_fd_ >= 0) {
+        ::close(lock_fd_);
+        lock_fd_ = -1;
+    }
+}
+
+void RuntimeDir::record_hypervisor_pid(int pid) const {
+    std::ofstream out(path_ / "hypervisor.pid");
+    out << pid << "\n";
+}
+
+std::vector<std::string> RuntimeDir::sweep_stale(
+    const fs::path& runtime_root, const std::function<void(const fs::path&)>& before_remove) {
+    std::vector<std::string> removed;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(runtime_root, ec)) {
+        if (!entry.is_directory()) {
+            continue;
+        }
+        int fd = lock_directory(entry.path(), /*create=*/false);
+        if (fd < 0) {
+            // Either its owner is alive, or it was created a moment ago and is not locked yet:
+            // a directory without a lock file and younger than a minute is left alone.
+            if (errno != ENOENT) {
+                continue;
+            }
+            auto age = fs::file_time_type::clock::now() - fs::last_write_time(entry.path(), ec);
+            if (ec || age < std::chrono::minutes(1)) {
+                continue;
+            }
+        }
+        kill_recorded_hypervisor(entry.path());
+        if (before_remove) {
+            before_remove(entry.path());
+        }
+        fs::remove_all(entry.path(), ec);
+        if (fd >= 0) {
+            ::close(fd);
+        }
+        removed.push_back(entry.path().filename().string());
+    }
+    return removed;
+}
+
+}  // namespace holt::vm
