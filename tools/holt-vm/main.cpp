@@ -104,7 +104,7 @@ int run(const GlobalOptions& global, const VmCommandOptions& vm_opts,
         const std::string& cwd, const std::string& user, double timeout_s) {
     Engine engine = make_engine(global);
     engine.sweep_stale_vms();
-    auto vm = engine.boot(vm_options(vm_opts));
+    auto vm = engine.create(vm_options(vm_opts));
 
     holt::vm::ExecRequest spec;
     spec.argv = command;
@@ -173,7 +173,7 @@ int shell(const GlobalOptions& global, const VmCommandOptions& vm_opts) {
     Engine engine = make_engine(global);
     engine.sweep_stale_vms();
     std::fprintf(stderr, "holt-vm: booting a %s VM...\n", vm_opts.template_name.c_str());
-    auto vm = engine.boot(vm_options(vm_opts));
+    auto vm = engine.create(vm_options(vm_opts));
     std::fprintf(stderr, "holt-vm: %s is ready; exit the shell to remove it\n", vm->id().c_str());
 
     holt::vm::ExecRequest spec;

@@ -9,6 +9,7 @@
 #include <boost/process/extend.hpp>
 #include <boost/process/io.hpp>
 #include <boost/process/pipe.hpp>
+#include <boost/process/search_path.hpp>
 #include <csignal>
 #include <cstring>
 #include <thread>
@@ -40,15 +41,27 @@ struct DieWithParent : bp::extend::handler {
 
 struct NoOp : bp::extend::handler {};
 
+// argv[0] as a path: looked up in PATH unless it names a file already.
+std::string executable(const std::string& name) {
+    if (name.find('/') != std::string::npos) {
+        return name;
+    }
+    auto found = bp::search_path(name);
+    if (found.empty()) {
+        throw Error(name + ": command not found in PATH");
+    }
+    return found.string();
+}
+
 template <typename... Extra>
 bp::child launch(const std::vector<std::string>& argv, const SpawnOptions& options,
                  Extra&&... extra) {
     std::vector<std::string> args(argv.begin() + 1, argv.end());
     if (options.output_file.empty()) {
-        return bp::child(bp::exe = argv.front(), bp::args = args, bp::std_in < bp::null,
-                         std::forward<Extra>(extra)...);
+        return bp::child(bp::exe = executable(argv.front()), bp::args = args,
+                         bp::std_in < bp::null, std::forward<Extra>(extra)...);
     }
-    return bp::child(bp::exe = argv.front(), bp::args = args, bp::std_in < bp::null,
+    return bp::child(bp::exe = executable(argv.front()), bp::args = args, bp::std_in < bp::null,
                      (bp::std_out & bp::std_err) > options.output_file.string(),
                      std::forward<Extra>(extra)...);
 }
@@ -154,8 +167,8 @@ CommandResult run_command(const std::vector<std::string>& argv, bool capture) {
     try {
         if (capture) {
             bp::ipstream output;
-            bp::child child(bp::exe = argv.front(), bp::args = args, bp::std_in < bp::null,
-                            (bp::std_out & bp::std_err) > output);
+            bp::child child(bp::exe = executable(argv.front()), bp::args = args,
+                            bp::std_in < bp::null, (bp::std_out & bp::std_err) > output);
             std::string line;
             while (std::getline(output, line)) {
                 result.output += line;
@@ -164,7 +177,8 @@ CommandResult run_command(const std::vector<std::string>& argv, bool capture) {
             child.wait();
             result.status = status_from_wait(child.native_exit_code());
         } else {
-            bp::child child(bp::exe = argv.front(), bp::args = args, bp::std_in < bp::null);
+            bp::child child(bp::exe = executable(argv.front()), bp::args = args,
+                            bp::std_in < bp::null);
             child.wait();
             result.status = status_from_wait(child.native_exit_code());
         }
