@@ -123,6 +123,10 @@ done
 
 mkdir -p "$data_dir/images"
 images=$(realpath -- "$data_dir/images")
+# Paths go into JSON as they are: refuse the characters that would need escaping there.
+case "$images" in
+  *[[:cntrl:]]* | *[\"\\]*) die "the data directory's path holds a quote, backslash or control character" ;;
+esac
 mkdir -p "$images/logs" "$images/.cache"
 exec 9> "$images/.lock"
 if ! flock -n 9; then
@@ -269,7 +273,8 @@ for name in "${templates[@]}"; do
     run_step rootfs "mkfs.ext4 -d (+$TPL_FREE_MIB MiB free)" \
       rootfs_mkfs "$template" "$TMP/root" "$TMP/rootfs.ext4" "$rootfs_hash" ||
       die "template $name, step rootfs (mkfs.ext4) failed; full log: $STEP_LOG"
-    remove_tree "$TMP/root"
+    run_step rootfs "remove the staging tree" remove_tree "$TMP/root" ||
+      die "template $name, step rootfs (clean-up) failed; full log: $STEP_LOG"
     rootfs_recipe "$template" > "$TMP/recipe.txt"
     finish_artifact "rootfs-$name-$rootfs_hash"
     say "rootfs built in $(elapsed_since "$start"): $(wc -l < "$rootfs_dir/packages.txt")" \
@@ -300,6 +305,7 @@ if [ "$prune" -eq 1 ]; then
     if [ -z "${referenced[$dir]:-}" ]; then
       say "prune: removing ${dir##*/} (no manifest refers to it)"
       remove_tree "$dir"
+      rm -f "$images/logs/${dir##*/}.log"
     fi
   done
 fi

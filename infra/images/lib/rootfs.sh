@@ -27,6 +27,10 @@ DEBIAN_SECURITY_MIRROR=${HOLT_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debi
 rootfs_parse_template() {
   local file=$1 name lineno=0 line key value pkg
   name=$(basename "$file" .conf)
+  if ! [[ "$name" =~ ^[a-z0-9][a-z0-9-]*$ ]]; then
+    echo "$file: a template's name is lower-case letters, digits and dashes"
+    return 1
+  fi
   TPL_NAME=$name
   TPL_DESCRIPTION=''
   TPL_SUITE=bookworm
