@@ -72,20 +72,23 @@ initramfs_resolve_modules() {
 
 # Builds the archive into directory $1 from the kernel artifact in $2 and the agent $3.
 initramfs_build() {
-  local out=$1 kdir=$2 agent=$3 release stage applet path
+  local out=$1 kdir=$2 agent=$3 release stage target path
   release=$(< "$kdir/kernel-version")
   stage="$out/stage"
   mkdir -p "$stage"/{bin,dev,etc/holt,holt,newroot,proc,sys,tmp,run} "$stage/lib/modules/$release"
 
   cp "$HOLT_IMAGES_DIR/initramfs/init" "$stage/init"
   chmod 0755 "$stage/init"
+  # One symlink per applet, all in /bin, made by busybox itself (one process, not hundreds).
+  # They point at the path the host's busybox has (/usr/bin/busybox on a merged-/usr host),
+  # so that path leads to /bin/busybox in the archive too.
   cp "$BUSYBOX" "$stage/bin/busybox"
-  while read -r applet; do
-    path="$stage/$applet"
-    [ -e "$path" ] && continue
-    mkdir -p "${path%/*}"
-    ln -s /bin/busybox "$path"
-  done < <("$BUSYBOX" --list-full)
+  "$BUSYBOX" --install -s "$stage/bin"
+  target=$(readlink "$stage/bin/sh")
+  if [ "$target" != /bin/busybox ]; then
+    mkdir -p "$stage${target%/*}"
+    ln -s /bin/busybox "$stage$target"
+  fi
   mknod -m 0600 "$stage/dev/console" c 5 1
   mknod -m 0666 "$stage/dev/null" c 1 3
 
