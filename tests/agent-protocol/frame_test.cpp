@@ -252,6 +252,44 @@ TEST(FrameDecoderSync, ResyncFindsASequenceThatStartedInsideARejectedHeader) {
     EXPECT_EQ(frame.payload, "{\"a\":1}");
 }
 
+TEST(FrameDecoderSync, AcceptsASyncSequenceBetweenFrames) {
+    std::string stream = encode_frame(FrameType::kReply, Channel::kNone, 1, "{}");
+    stream += sync_magic();
+    stream += encode_frame(FrameType::kHelloAck, Channel::kNone, 0, "{\"n\":2}");
+    for (std::size_t piece : {std::size_t{1}, std::size_t{7}, stream.size()}) {
+        FrameDecoder decoder;
+        std::vector<Frame> got = decode_all(decoder, stream, piece);
+        ASSERT_EQ(got.size(), 2u) << "piece " << piece;
+        EXPECT_EQ(got[1].type, FrameType::kHelloAck);
+    }
+}
+
+TEST(FrameDecoderSync, SkipsZeroPaddingBetweenFrames) {
+    std::string stream = encode_frame(FrameType::kEof, Channel::kFile, 1, "");
+    stream += std::string(5000, '\0');
+    stream += sync_magic();
+    stream += std::string(3, '\0');
+    stream += encode_frame(FrameType::kHello, Channel::kNone, 0, "{}");
+    for (std::size_t piece : {std::size_t{1}, std::size_t{100}, stream.size()}) {
+        FrameDecoder decoder;
+        std::vector<Frame> got = decode_all(decoder, stream, piece);
+        ASSERT_EQ(got.size(), 2u) << "piece " << piece;
+        EXPECT_EQ(got[1].type, FrameType::kHello);
+    }
+}
+
+TEST(FrameDecoderSync, RejectsABrokenSyncSequenceBetweenFrames) {
+    std::string stream = encode_frame(FrameType::kReply, Channel::kNone, 1, "{}");
+    stream += std::string(sync_magic()).substr(0, 6) + "xyz";
+    FrameDecoder decoder;
+    std::string_view input = stream;
+    Frame frame;
+    ASSERT_EQ(decoder.decode(input, frame), Status::kFrame);
+    EXPECT_EQ(decoder.decode(input, frame), Status::kError);
+    EXPECT_EQ(decoder.error(), "broken sync sequence between frames");
+    EXPECT_EQ(input, "xyz");
+}
+
 TEST(FrameDecoderSync, ResetDropsAPartialFrame) {
     FrameDecoder decoder;
     std::string first = encode_frame(FrameType::kData, Channel::kFile, 1, std::string(50, 'a'));

@@ -176,6 +176,7 @@ FrameDecoder::FrameDecoder(bool expect_sync, Limits limits)
 void FrameDecoder::reset(bool expect_sync) {
     syncing_ = expect_sync;
     scanner_.reset();
+    inline_sync_ = 0;
     if (expect_sync && header_len_ > 1) {
         // A sync sequence may start inside a rejected header: scan its bytes after the first.
         // It cannot end there (it is longer than a header), so this only primes the scanner.
@@ -249,6 +250,31 @@ FrameDecoder::DecodeStatus FrameDecoder::decode(std::string_view& input, Frame& 
             return kNeedMore;
         }
         syncing_ = false;
+    }
+    // Between frames: zero bytes are padding (a host flushing out a half frame, see kSyncMagic)
+    // and a sync sequence marks a peer starting over; both are skipped, but a sync sequence
+    // must be complete.
+    while (header_len_ == 0 && !input.empty()) {
+        const auto byte = static_cast<std::uint8_t>(input.front());
+        if (inline_sync_ == 0 && byte == 0) {
+            input.remove_prefix(std::min(input.size(), input.find_first_not_of('\0')));
+            continue;
+        }
+        if (inline_sync_ == 0 && byte != kSyncMagic[0]) {
+            break;
+        }
+        if (byte != kSyncMagic[inline_sync_]) {
+            error_ = "broken sync sequence between frames";
+            inline_sync_ = 0;
+            return kError;
+        }
+        input.remove_prefix(1);
+        if (++inline_sync_ == kSyncMagic.size()) {
+            inline_sync_ = 0;
+        }
+    }
+    if (inline_sync_ > 0) {
+        return kNeedMore;
     }
     if (header_len_ < kHeaderSize) {
         const std::size_t take = std::min(kHeaderSize - header_len_, input.size());

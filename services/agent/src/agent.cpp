@@ -200,12 +200,25 @@ void Agent::on_hello(const proto::Frame& frame) {
         log::warn("invalid hello: ", e.what());
         return;
     }
-    if (session_) {
-        // The host reconnected without the agent noticing it leave.
-        end_session("a new hello arrived", /*reset_decoder=*/false);
+    if (session_ && hello.nonce == session_nonce_) {
+        // The host sent its hello again before our answer reached it (it retries after a
+        // second, e.g. while the guest boots): answer again, the session goes on.
+        log::debug("repeated hello of the current session");
+    } else {
+        if (session_) {
+            // The host reconnected without the agent noticing it leave.
+            end_session("a new hello arrived", /*reset_decoder=*/false);
+        }
+        session_ = true;
+        session_nonce_ = hello.nonce;
+        outbox_.set_enabled(true);
+        log::info("host session started (client '", hello.client, "', protocol ",
+                  hello.protocol_version, ")");
+        if (hello.protocol_version != proto::kProtocolVersion) {
+            log::warn("the host speaks protocol version ", hello.protocol_version, ", this agent ",
+                      proto::kProtocolVersion);
+        }
     }
-    session_ = true;
-    outbox_.set_enabled(true);
     proto::HelloAck ack;
     ack.nonce = hello.nonce;
     ack.protocol_version = proto::kProtocolVersion;
@@ -215,12 +228,6 @@ void Agent::on_hello(const proto::Frame& frame) {
     ack.pid = static_cast<int>(::getpid());
     outbox_.send_raw(proto::sync_magic());
     outbox_.send_json(FrameType::kHelloAck, 0, json::value_from(ack).as_object());
-    log::info("host session started (client '", hello.client, "', protocol ",
-              hello.protocol_version, ")");
-    if (hello.protocol_version != proto::kProtocolVersion) {
-        log::warn("the host speaks protocol version ", hello.protocol_version, ", this agent ",
-                  proto::kProtocolVersion);
-    }
 }
 
 void Agent::on_request(std::uint32_t stream, std::string_view payload) {

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <string_view>
 
 #include "event_loop.hpp"
@@ -46,6 +47,7 @@ class Agent {
     FileStreams files_;
     UniqueFd signals_;
     bool session_ = false;
+    std::string session_nonce_;
     bool stop_ = false;
     std::uint64_t protocol_errors_ = 0;
 };

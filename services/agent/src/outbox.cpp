@@ -8,6 +8,8 @@ namespace {
 // Small frames are appended to the last chunk up to this size, so a burst of them costs one
 // write system call instead of one each.
 constexpr std::size_t kChunkSize = 256 * 1024;
+// Emptied chunks kept for reuse.
+constexpr std::size_t kSpareChunks = 6;
 
 }  // namespace
 
@@ -20,10 +22,24 @@ void Outbox::set_enabled(bool enabled) {
 
 std::string& Outbox::tail_chunk(std::size_t need) {
     if (chunks_.empty() || chunks_.back().size() + need > kChunkSize) {
-        chunks_.emplace_back();
-        chunks_.back().reserve(std::max(need, std::size_t{4096}));
+        // Chunks are recycled: fresh pages for every 256 KiB would cost a page fault per page,
+        // which is expensive in a guest under TCG.
+        if (!spare_.empty()) {
+            chunks_.push_back(std::move(spare_.back()));
+            spare_.pop_back();
+        } else {
+            chunks_.emplace_back();
+        }
+        chunks_.back().reserve(std::max(need, kChunkSize));
     }
     return chunks_.back();
+}
+
+void Outbox::recycle(std::string&& chunk) {
+    if (spare_.size() < kSpareChunks && chunk.capacity() <= kChunkSize * 2) {
+        chunk.clear();
+        spare_.push_back(std::move(chunk));
+    }
 }
 
 void Outbox::send(proto::FrameType type, proto::Channel channel, std::uint32_t stream,
@@ -59,7 +75,10 @@ void Outbox::send_raw(std::string_view bytes) {
 }
 
 void Outbox::clear() {
-    chunks_.clear();
+    while (!chunks_.empty()) {
+        recycle(std::move(chunks_.front()));
+        chunks_.pop_front();
+    }
     front_offset_ = 0;
     bytes_ = 0;
 }
@@ -77,6 +96,7 @@ Outbox::FlushResult Outbox::flush(Link& link) {
         front_offset_ += static_cast<std::size_t>(n);
         bytes_ -= static_cast<std::size_t>(n);
         if (front_offset_ == front.size()) {
+            recycle(std::move(chunks_.front()));
             chunks_.pop_front();
             front_offset_ = 0;
         }

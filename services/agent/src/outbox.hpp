@@ -5,6 +5,7 @@
 #include <deque>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "holt/agent_protocol/frame.hpp"
 #include "link.hpp"
@@ -43,9 +44,11 @@ class Outbox {
 
   private:
     std::string& tail_chunk(std::size_t need);
+    void recycle(std::string&& chunk);
 
     bool enabled_ = false;
     std::deque<std::string> chunks_;
+    std::vector<std::string> spare_;
     std::size_t front_offset_ = 0;  // bytes of chunks_.front() already written
     std::size_t bytes_ = 0;
 };

@@ -15,6 +15,9 @@
 //     4       4     stream   stream id, big-endian (0: the connection itself)
 //     8       4     length   payload length in bytes, big-endian, at most kMaxPayloadSize
 //
+//   Between two frames a sender may put zero bytes (padding) and complete sync sequences; the
+//   decoder skips both.
+//
 //   Control frames (hello, hello_ack, request, event, reply) carry one JSON object of at most
 //   kMaxJsonSize bytes; data frames carry raw bytes; a window frame carries a 4-byte big-endian
 //   credit increment; eof and cancel frames are empty.
@@ -138,7 +141,8 @@ class FrameDecoder {
     FrameDecoder(bool expect_sync, Limits limits);
 
     // Consumes bytes from the front of `input` until one frame is complete (kFrame, the frame is
-    // moved into `out`) or input runs out (kNeedMore). On a malformed header it returns kError
+    // moved into `out`) or input runs out (kNeedMore). Zero bytes and complete sync sequences
+    // between frames are skipped. On a malformed header it returns kError
     // and keeps returning it, consuming nothing, until reset() or resync().
     DecodeStatus decode(std::string_view& input, Frame& out);
 
@@ -152,7 +156,7 @@ class FrameDecoder {
     // True while the decoder is skipping bytes up to a sync sequence.
     bool syncing() const { return syncing_; }
     // True when no partial frame is held.
-    bool idle() const { return !syncing_ && header_len_ == 0; }
+    bool idle() const { return !syncing_ && inline_sync_ == 0 && header_len_ == 0; }
 
   private:
     bool check_header();
@@ -160,6 +164,7 @@ class FrameDecoder {
     Limits limits_;
     bool syncing_ = false;
     SyncScanner scanner_;
+    std::size_t inline_sync_ = 0;  // bytes of a sync sequence seen between frames
     std::array<std::uint8_t, kHeaderSize> header_{};
     std::size_t header_len_ = 0;
     Frame frame_;
