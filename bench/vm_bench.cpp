@@ -1,5 +1,8 @@
 // holt-bench-vm: measures the VM engine on this host and prints one JSON object per line:
 //   {"metric": ..., "unit": "ms", "n": ..., "p50": ..., "p99": ..., ...}
+// Metrics: cold boot of each template to a ready agent; restore from the template snapshot to a
+// ready agent; fork of a running VM to a ready child; hibernate; wake; host memory per idle
+// clone with many running; the round trip of running `true` in a ready VM.
 // Figures are medians and 99th percentiles over the runs of one invocation; compare ratios
 // measured in one run, since shared machines are noisy.
 
@@ -10,6 +13,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -21,6 +26,22 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// MemTotal - MemAvailable: what the host has given out, page cache of shared files excluded.
+double host_memory_used_mib() {
+    std::ifstream meminfo("/proc/meminfo");
+    std::string key;
+    double value = 0, total = 0, available = 0;
+    std::string unit;
+    while (meminfo >> key >> value >> unit) {
+        if (key == "MemTotal:") {
+            total = value;
+        } else if (key == "MemAvailable:") {
+            available = value;
+        }
+    }
+    return (total - available) / 1024.0;
+}
 
 double ms_since(Clock::time_point start) {
     return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
@@ -52,10 +73,19 @@ int main(int argc, char** argv) {
     std::vector<std::string> templates = {"base", "code-interpreter"};
     int boots = 5;
     int execs = 200;
+    int restore_count = 50;
+    int cycles = 10;
+    int idle_clones = 50;
     std::string data_dir;
     app.add_option("--templates", templates, "templates to cold-boot");
     app.add_option("--boots", boots, "cold boots per template")->check(CLI::Range(1, 1000));
     app.add_option("--execs", execs, "runs of `true` in one ready VM")->check(CLI::Range(1, 100000));
+    app.add_option("--restores", restore_count, "restores from the template snapshot")
+        ->check(CLI::Range(1, 100000));
+    app.add_option("--cycles", cycles, "forks, and hibernate/wake cycles, of one VM")
+        ->check(CLI::Range(1, 10000));
+    app.add_option("--idle-clones", idle_clones, "clones kept running at once to measure memory")
+        ->check(CLI::Range(0, 1000));
     app.add_option("--data-dir", data_dir, "data directory with built images");
     CLI11_PARSE(app, argc, argv);
     holt::log::init("warn");
@@ -63,7 +93,6 @@ int main(int argc, char** argv) {
     holt::vm::EngineOptions options;
     options.data_dir = data_dir.empty() ? holt::default_data_dir() : std::filesystem::path(data_dir);
     options.recipes_dir = HOLT_IMAGES_DIR;
-    options.qemu.die_with_parent = true;
     holt::vm::Engine engine(options);
 
     try {
@@ -83,7 +112,58 @@ int main(int argc, char** argv) {
             report("cold_boot_to_ready_agent", samples, extra);
         }
 
-        auto vm = engine.boot({.template_name = templates.front()});
+        const std::string& main_template = templates.front();
+        engine.template_snapshot({.template_name = main_template});
+        std::vector<double> restores;
+        for (int i = 0; i < restore_count; ++i) {
+            auto start = Clock::now();
+            auto vm = engine.create({.template_name = main_template});
+            restores.push_back(ms_since(start));
+        }
+        auto restore_extra = context;
+        restore_extra["template"] = main_template;
+        report("restore_to_ready_agent", restores, restore_extra);
+
+        {
+            std::vector<double> forks, hibernates, wakes;
+            auto parent = engine.create({.template_name = main_template});
+            for (int i = 0; i < cycles; ++i) {
+                auto start = Clock::now();
+                auto children = engine.fork(*parent, 1);
+                forks.push_back(ms_since(start));
+            }
+            for (int i = 0; i < cycles; ++i) {
+                auto start = Clock::now();
+                auto hibernated = engine.hibernate(std::move(parent));
+                hibernates.push_back(ms_since(start));
+                start = Clock::now();
+                parent = engine.wake(hibernated);
+                wakes.push_back(ms_since(start));
+            }
+            report("fork_to_ready_child", forks, restore_extra);
+            report("hibernate", hibernates, restore_extra);
+            report("wake_to_ready_agent", wakes, restore_extra);
+        }
+
+        if (idle_clones > 0) {
+            double before = host_memory_used_mib();
+            std::vector<std::unique_ptr<holt::vm::Vm>> clones;
+            for (int i = 0; i < idle_clones; ++i) {
+                clones.push_back(engine.create({.template_name = main_template}));
+            }
+            std::this_thread::sleep_for(std::chrono::seconds(2));
+            double per_clone = (host_memory_used_mib() - before) / idle_clones;
+            boost::json::object line{{"metric", "host_memory_per_idle_clone"}, {"unit", "MiB"},
+                                     {"n", idle_clones},
+                                     {"value", std::round(per_clone * 10) / 10}};
+            for (auto& [key, value] : restore_extra) {
+                line[key] = value;
+            }
+            std::printf("%s\n", boost::json::serialize(line).c_str());
+            std::fflush(stdout);
+        }
+
+        auto vm = engine.create({.template_name = main_template});
         holt::vm::ExecRequest spec;
         spec.argv = {"true"};
         for (int i = 0; i < 5; ++i) {

@@ -37,7 +37,6 @@ EngineOptions engine_options() {
     options.data_dir = default_data_dir();
     options.recipes_dir = HOLT_IMAGES_DIR;
     options.run_dir = test_run_dir();
-    options.qemu.die_with_parent = true;
     return options;
 }
 

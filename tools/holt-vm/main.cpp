@@ -50,8 +50,6 @@ Engine make_engine(const GlobalOptions& global) {
     options.data_dir = global.data_dir.empty() ? holt::default_data_dir() : fs::path(global.data_dir);
     options.recipes_dir = HOLT_IMAGES_DIR;
     options.accel = holt::vm::parse_accelerator_mode(global.accel);
-    // VMs of this tool live exactly as long as it does.
-    options.qemu.die_with_parent = true;
     return Engine(options);
 }
 

@@ -174,7 +174,8 @@ struct Handshake {
 
 // Sends the sync sequence and a hello, then skips everything up to the agent's sync sequence
 // and a hello_ack with our nonce. Throws holt::Error on timeout or a closed connection.
-Handshake handshake(int fd, Clock::time_point deadline, const std::string& client_name) {
+Handshake handshake(int fd, Clock::time_point deadline, const AgentClientOptions& options) {
+    const std::string& client_name = options.client_name;
     const std::string nonce = random_nonce();
     proto::Hello hello{nonce, proto::kProtocolVersion, client_name};
     const std::string hello_frame = proto::encode_frame(FrameType::kHello, Channel::kNone, 0,
@@ -197,6 +198,9 @@ Handshake handshake(int fd, Clock::time_point deadline, const std::string& clien
             fd, out,
             std::max(1ms, std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now())));
 
+        if (attempt > 0 && options.while_waiting) {
+            options.while_waiting();
+        }
         const Clock::time_point resend = std::min(deadline, Clock::now() + kHelloRetry);
         while (Clock::now() < resend) {
             if (!wait_fd(fd, POLLIN, resend)) {
@@ -251,6 +255,20 @@ struct Stream {
     std::uint64_t window = 0;  // credit the agent granted for our data
     // When set, data and eof frames go here (on the reader thread) instead of `frames`.
     std::function<void(const Frame&)> on_data;
+    // Held while on_data runs; detach() waits for a running call, so that no callback runs once
+    // its owner is gone. Recursive: an owner may go away from inside its own callback.
+    std::recursive_mutex callback_mutex;
+    bool detached = false;
+
+    bool is_ended() {
+        std::lock_guard lock(mutex);
+        return ended;
+    }
+
+    void detach() {
+        std::lock_guard lock(callback_mutex);
+        detached = true;
+    }
 };
 
 // The connection: writes from any thread, one reader thread, the table of open streams.
@@ -360,7 +378,7 @@ class Connection {
                 }
             }
         } catch (...) {
-            if (!stream->ended) {
+            if (!stream->is_ended()) {
                 cancel(*stream);
             }
             throw;
@@ -479,7 +497,10 @@ class Connection {
         }
         if (stream->on_data && (frame.type == FrameType::kData || frame.type == FrameType::kEof)) {
             try {
-                stream->on_data(frame);
+                std::lock_guard lock(stream->callback_mutex);
+                if (!stream->detached) {
+                    stream->on_data(frame);
+                }
             } catch (const std::exception& e) {
                 // A failing callback loses its own output, not the connection.
                 log::get("agent")->warn("output callback of stream {} failed: {}", frame.stream,
@@ -551,6 +572,7 @@ class ExecSessionImpl final : public ExecSession {
         if (!finished()) {
             connection_->cancel(*stream_);
         }
+        stream_->detach();
     }
 
     const std::string& process_id() const override { return process_id_; }
@@ -624,10 +646,7 @@ class ExecSessionImpl final : public ExecSession {
     }
 
   private:
-    bool finished() const {
-        std::lock_guard lock(stream_->mutex);
-        return stream_->ended;
-    }
+    bool finished() const { return stream_->is_ended(); }
 
     std::shared_ptr<Connection> connection_;
     std::shared_ptr<Stream> stream_;
@@ -785,9 +804,10 @@ class AgentClientImpl final : public AgentClient {
                 }
             }
         } catch (...) {
-            if (!stream->ended) {
+            if (!stream->is_ended()) {
                 connection_->cancel(*stream);
             }
+            stream->detach();
             throw;
         }
     }
@@ -827,9 +847,10 @@ class AgentClientImpl final : public AgentClient {
                 }
             }
         } catch (...) {
-            if (!stream->ended) {
+            if (!stream->is_ended()) {
                 connection_->cancel(*stream);
             }
+            stream->detach();
             throw;
         }
     }
@@ -973,9 +994,10 @@ class AgentClientImpl final : public AgentClient {
                                                      static_cast<int>(pid), stdin_window > 0,
                                                      wait_budget);
         } catch (...) {
-            if (!stream->ended) {
+            if (!stream->is_ended()) {
                 connection_->cancel(*stream);
             }
+            stream->detach();
             throw;
         }
     }
@@ -992,7 +1014,7 @@ std::unique_ptr<AgentClient> adopt_fd(Fd owned, AgentClient::Clock::time_point d
                                       AgentClientOptions options) {
     const int fd = owned.get();
     set_nonblocking(fd);
-    Handshake hello = handshake(fd, deadline, options.client_name);
+    Handshake hello = handshake(fd, deadline, options);
     if (hello.ack.protocol_version != proto::kProtocolVersion) {
         throw Error("handshake: the agent speaks protocol version " +
                     std::to_string(hello.ack.protocol_version) + ", this host " +
@@ -1029,6 +1051,9 @@ std::unique_ptr<AgentClient> AgentClient::connect_unix(const std::filesystem::pa
         if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
             // The socket may not exist yet (QEMU starting) or nobody listens yet.
             last_error = std::string("connect: ") + std::strerror(errno);
+            if (options.while_waiting) {
+                options.while_waiting();
+            }
             std::this_thread::sleep_for(std::min<Clock::duration>(
                 kConnectRetry, std::max<Clock::duration>(deadline - Clock::now(), 0s)));
             continue;
@@ -1037,6 +1062,9 @@ std::unique_ptr<AgentClient> AgentClient::connect_unix(const std::filesystem::pa
             return adopt_fd(std::move(fd), deadline, options);
         } catch (const Error& e) {
             last_error = e.what();
+            if (options.while_waiting) {
+                options.while_waiting();
+            }
         }
     }
     throw Error(what + ": " + last_error);

@@ -21,8 +21,6 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-// How often boot checks that QEMU is still alive while it waits for the agent.
-constexpr auto kAgentPollSlice = std::chrono::milliseconds(250);
 constexpr std::size_t kConsoleLinesInErrors = 15;
 // Fresh entropy handed to every restored guest before it runs anything for a user.
 constexpr std::size_t kEntropyBytes = 64;
@@ -459,22 +457,27 @@ std::unique_ptr<AgentClient> Engine::wait_for_agent(Machine& machine, Clock::tim
         std::string tail = tail_of_file(machine.console_log(), kConsoleLinesInErrors);
         return tail.empty() ? std::string("(the console is empty)") : tail;
     };
-    for (;;) {
-        auto slice_end = std::min(deadline, Clock::now() + kAgentPollSlice);
-        try {
-            return AgentClient::connect_unix(machine.agent_socket(), slice_end);
-        } catch (const Error&) {
-            if (!machine.running()) {
-                throw Error("wait for agent: the guest stopped before its agent answered (QEMU " +
-                            machine.exit_reason().value_or("ended") + "); last console lines:\n" +
-                            console_tail());
-            }
-            if (Clock::now() >= deadline) {
-                throw Error(
-                    "wait for agent: no answer before the boot deadline; last console lines:\n" +
-                    console_tail());
-            }
+    auto guest_stopped = [&] {
+        return Error("wait for agent: the guest stopped before its agent answered (QEMU " +
+                     machine.exit_reason().value_or("ended") + "); last console lines:\n" +
+                     console_tail());
+    };
+    // One connection and one handshake for the whole wait: abandoning a handshake the agent is
+    // about to answer would make it start (and end) a session per attempt.
+    AgentClientOptions options;
+    options.while_waiting = [&] {
+        if (!machine.running()) {
+            throw guest_stopped();
         }
+    };
+    try {
+        return AgentClient::connect_unix(machine.agent_socket(), deadline, options);
+    } catch (const Error&) {
+        if (!machine.running()) {
+            throw guest_stopped();
+        }
+        throw Error("wait for agent: no answer before the boot deadline; last console lines:\n" +
+                    console_tail());
     }
 }
 

@@ -336,8 +336,9 @@ std::vector<std::string> QemuDriver::command_line(const MachineSpec& spec) const
 
 std::unique_ptr<Machine> QemuDriver::start(const MachineSpec& spec) {
     return with_context("start QEMU for " + spec.id, [&] {
-        SpawnOptions spawn_options{.output_file = spec.runtime_dir / "qemu.log",
-                                   .die_with_parent = options_.die_with_parent};
+        // A VM lives as long as its Machine object, not as long as the thread that started it;
+        // VMs of a process that died are found and removed by RuntimeDir::sweep_stale().
+        SpawnOptions spawn_options{.output_file = spec.runtime_dir / "qemu.log"};
         auto machine = std::make_unique<QemuMachine>(
             spec, ChildProcess::spawn(command_line(spec), spawn_options));
         machine->connect_qmp();

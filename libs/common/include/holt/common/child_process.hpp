@@ -22,8 +22,8 @@ struct ExitStatus {
 struct SpawnOptions {
     // Where the child's stdout and stderr go; empty: inherited from this process.
     std::filesystem::path output_file;
-    // Kill the child when the thread that spawned it exits (PR_SET_PDEATHSIG). Right for
-    // short-lived tools; wrong for services whose VMs must outlive a restart.
+    // Kill the child when the *thread* that spawned it exits (PR_SET_PDEATHSIG). Only for
+    // children that live no longer than one call on the spawning thread.
     bool die_with_parent = false;
 };
 

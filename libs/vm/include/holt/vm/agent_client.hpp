@@ -60,6 +60,9 @@ struct AgentClientOptions {
     std::chrono::milliseconds default_exec_timeout{std::chrono::minutes(10)};
     // Shown in the agent's log.
     std::string client_name = "holt";
+    // Called between connection attempts and hello retries while connect_unix() waits for the
+    // agent (about once a second at most); it may throw to give up early, e.g. when the VM died.
+    std::function<void()> while_waiting;
 };
 
 // What to run (see agent_protocol::ExecSpec for argv, shell, env, cwd, user, pipe_stdin,

@@ -17,8 +17,6 @@ struct QemuDriverOptions {
     // TCG hang at boot about half the time: there is no timer to calibrate the TSC against.
     // 0: the host's, read from /proc/cpuinfo.
     long tsc_khz = 0;
-    // See SpawnOptions::die_with_parent.
-    bool die_with_parent = false;
 };
 
 // Starts QEMU's `microvm` machine and drives it over QMP.
