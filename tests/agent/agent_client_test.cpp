@@ -109,6 +109,13 @@ void expect_agent_error(Fn&& call, const std::string& code, const std::string& t
     }
 }
 
+// Memory bounds are meaningless under AddressSanitizer (its quarantine keeps freed memory).
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kCheckMemory = false;
+#else
+constexpr bool kCheckMemory = true;
+#endif
+
 bool process_exists(pid_t pid) {
     return ::kill(pid, 0) == 0 || errno != ESRCH;
 }
@@ -401,8 +408,10 @@ TEST_F(AgentTest, LargeFileRoundTripStreamsWithBoundedMemory) {
               << " s; agent peak RSS " << agent_peak / 1024 << " MiB, host peak growth "
               << host_growth / 1024 << " MiB\n";
     // Neither side ever held the file: the agent stays within a few MiB of buffers.
-    EXPECT_LT(agent_peak, 24 * 1024);
-    EXPECT_LT(host_growth, 32 * 1024);
+    if (kCheckMemory) {
+        EXPECT_LT(agent_peak, 24 * 1024);
+        EXPECT_LT(host_growth, 32 * 1024);
+    }
 }
 
 TEST_F(AgentTest, WriteFileOptions) {
@@ -506,7 +515,9 @@ TEST_F(AgentTest, ASlowConsumerPausesTheCommandNotTheAgentMemory) {
     auto session = client_->start(shell("head -c 67108864 /dev/zero"), callbacks);
     EXPECT_TRUE(session->wait().success());
     EXPECT_EQ(received.load(), 64u << 20);
-    EXPECT_LT(agent_->peak_rss_kib(), 24 * 1024);
+    if (kCheckMemory) {
+        EXPECT_LT(agent_->peak_rss_kib(), 24 * 1024);
+    }
 }
 
 TEST(AgentClientTimeouts, ACallToAStoppedAgentTimesOut) {

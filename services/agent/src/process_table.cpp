@@ -28,6 +28,15 @@ constexpr std::size_t kCreditUnit = 16 * 1024;
 // End-of-file on a terminal: the VEOF character of the default line discipline (^D).
 constexpr char kTerminalEof = '\x04';
 
+// How messages name a command: its argv[0], or its shell command line (shortened).
+std::string command_name(const agent_protocol::ExecSpec& spec) {
+    if (spec.shell.empty()) {
+        return spec.argv.front();
+    }
+    constexpr std::size_t kMax = 60;
+    return "'" + (spec.shell.size() > kMax ? spec.shell.substr(0, kMax) + "..." : spec.shell) + "'";
+}
+
 // Signals a process group; falls back to the process itself if it has not yet become a group
 // leader (a child killed right after fork, before its setsid).
 void kill_group(pid_t pid, int sig) {
@@ -55,6 +64,7 @@ struct ProcessTable::Process {
     std::string id;
     pid_t pid = -1;
     std::vector<std::string> argv;
+    std::string name;            // for messages: argv[0], or the shell command
     SpawnOptions spawn_options;  // kept to describe a failure to start
     bool background = false;
     bool terminal = false;
@@ -116,7 +126,7 @@ void ProcessTable::exec(std::uint32_t stream, const agent_protocol::ExecSpec& sp
     SpawnOptions options;
     options.argv =
         spec.shell.empty() ? spec.argv : std::vector<std::string>{"/bin/sh", "-c", spec.shell};
-    const std::string what = "exec " + (spec.shell.empty() ? spec.argv.front() : "/bin/sh");
+    const std::string what = "exec " + command_name(spec);
     try {
         options.user = resolve_user(spec.user);
     } catch (const OpError& e) {
@@ -146,6 +156,7 @@ void ProcessTable::exec(std::uint32_t stream, const agent_protocol::ExecSpec& sp
     p.id = "p-" + std::to_string(p.number);
     p.pid = spawned.pid;
     p.argv = options.argv;
+    p.name = command_name(spec);
     p.background = spec.background;
     p.terminal = spec.pty.has_value();
     p.timeout = spec.timeout;
@@ -167,8 +178,7 @@ void ProcessTable::exec(std::uint32_t stream, const agent_protocol::ExecSpec& sp
 
     p.status_watch =
         loop_.watch(p.status_fd.get(), EPOLLIN, [this, &p](std::uint32_t) { on_status(p); });
-    log::debug("exec ", p.id, " pid ", p.pid, ": ", p.argv.front(),
-               p.background ? " (background)" : "");
+    log::debug("exec ", p.id, " pid ", p.pid, ": ", p.name, p.background ? " (background)" : "");
 }
 
 bool ProcessTable::alive(std::uint64_t number) const {
@@ -199,7 +209,7 @@ bool ProcessTable::on_status(Process& p) {
     // Could not start: one error reply, and the entry goes (the child exits with 127 and is
     // reaped as an unknown pid).
     const std::string message =
-        "exec " + p.argv.front() + ": " + describe_failure(failure, p.spawn_options);
+        "exec " + p.name + ": " + describe_failure(failure, p.spawn_options);
     log::debug(p.id, ": ", message);
     for (std::uint32_t stream : p.subscribers) {
         outbox_.send_json(FrameType::kReply, stream,
