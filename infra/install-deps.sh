@@ -11,8 +11,8 @@ packages=(
   libgtest-dev libgmock-dev
   # VMs and guest images
   qemu-system-x86 qemu-utils busybox-static mmdebstrap e2fsprogs cpio kmod xz-utils zstd
-  # networking of VMs
-  iproute2 nftables
+  # networking of VMs (libmnl and libnftables: holt_vm sets up namespaces and rules in-process)
+  iproute2 nftables libmnl-dev libnftables-dev
 )
 
 missing=()
