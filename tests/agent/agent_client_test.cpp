@@ -219,6 +219,21 @@ TEST_F(AgentTest, StartFailuresNameTheCommandAndTheReason) {
                        "exec " + script + ": Permission denied");
 }
 
+TEST_F(AgentTest, RunsAsAnotherUserFromEtcPasswd) {
+    if (::geteuid() != 0) {
+        GTEST_SKIP() << "needs root to switch users";
+    }
+    ExecRequest request = shell("id -u; id -g; echo $USER $HOME; pwd");
+    request.user = "nobody";
+    vm::ExecResult result = client_->run(request);
+    ASSERT_TRUE(result.status.success()) << result.stderr_data;
+    // nobody's home (/nonexistent) does not exist, so the command starts in /.
+    EXPECT_EQ(result.stdout_data, "65534\n65534\nnobody /nonexistent\n/\n");
+
+    request.user = "65534";  // a uid works too
+    EXPECT_EQ(client_->run(request).stdout_data, result.stdout_data);
+}
+
 TEST_F(AgentTest, EnvironmentCwdAndDefaults) {
     client_->set_env({{"HOLT_DEFAULT", "from-set-env"}, {"HOLT_OVERRIDDEN", "default"}}, {});
     ExecRequest request = shell("echo $HOLT_DEFAULT $HOLT_OVERRIDDEN $LANG; pwd; echo $PATH");
