@@ -67,6 +67,28 @@ file_sha256() {
   echo "${sum%% *}"
 }
 
+# sha256 of a large file, remembered in directory $HOLT_SHA256_CACHE (when set) under its path,
+# device, inode, size, modification and change times, so an unchanged binary is not read again.
+file_sha256_cached() {
+  local file=$1 key memo sum
+  if [ -z "${HOLT_SHA256_CACHE:-}" ]; then
+    file_sha256 "$file"
+    return
+  fi
+  key=$(stat -L -c '%d %i %s %.9Y %.9Z' -- "$file") || return 1
+  key=$(printf '%s %s' "$file" "$key" | stdin_sha256)
+  memo="$HOLT_SHA256_CACHE/sha256-$key"
+  if [ -s "$memo" ]; then
+    cat "$memo"
+    return
+  fi
+  sum=$(file_sha256 "$file") || return 1
+  mkdir -p "$HOLT_SHA256_CACHE"
+  echo "$sum" > "$memo.tmp.$$"
+  mv -f "$memo.tmp.$$" "$memo"
+  echo "$sum"
+}
+
 # sha256 of standard input, hex.
 stdin_sha256() {
   local sum

@@ -26,7 +26,8 @@ DEBIAN_SECURITY_MIRROR=${HOLT_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debi
 # TPL_FREE_MIB and TPL_HOSTNAME. Prints what is wrong and returns 1 on a malformed file.
 rootfs_parse_template() {
   local file=$1 name lineno=0 line key value pkg
-  name=$(basename "$file" .conf)
+  name=${file##*/}
+  name=${name%.conf}
   if ! [[ "$name" =~ ^[a-z0-9][a-z0-9-]*$ ]]; then
     echo "$file: a template's name is lower-case letters, digits and dashes"
     return 1
@@ -81,7 +82,8 @@ rootfs_parse_template() {
 # The recipe of template file $1, one input per line; its sha256 is the artifact's hash.
 rootfs_recipe() {
   echo "rootfs-recipe 1"
-  echo "template $(basename "$1" .conf) $(file_sha256 "$1")"
+  local name=${1##*/}
+  echo "template ${name%.conf} $(file_sha256 "$1")"
   echo "script lib/rootfs.sh $(file_sha256 "$HOLT_IMAGES_DIR/lib/rootfs.sh")"
 }
 
