@@ -56,8 +56,6 @@ constexpr const char* kDyingAliasPrefix = "holt-gone:";
 // /30): "this network", loopback, link-local (cloud metadata services live there) and
 // multicast/reserved/broadcast.
 constexpr const char* kNeverEgress = "0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16, 224.0.0.0/3";
-// How many rejections (TCP resets, ICMP) a namespace sends its guest per second at most.
-constexpr int kRejectsPerSecond = 100;
 
 std::shared_ptr<spdlog::logger> logger() {
     static auto log = holt::log::get("net");
@@ -535,135 +533,136 @@ void create_tap(const char* name) {
 // ---- Rule sets ------------------------------------------------------------------------------
 
 // The rules inside one VM's namespace: nothing from the guest except replies and allowed egress,
-// which leaves masqueraded through the veth; nothing into the namespace itself but replies.
-std::string namespace_rules(const std::vector<Ipv4Cidr>& egress, const Ipv4Cidr& pool) {
-    std::string elements;
-    for (const auto& cidr : egress) {
-        elements += (elements.empty() ? "" : ", ") + format_cidr(cidr);
-    }
-    std::string guest_net = format_cidr(
-        parse_cidr(std::string(kGuestAddress) + "/" + std::to_string(kGuestPrefixLength)));
-    std::string tap = std::string("\"") + kGuestTap + "\"";
-    std::string veth = std::string("\"") + kNamespaceLink + "\"";
-    return "table inet holt {\n"
-           "  set egress {\n"
-           "    type ipv4_addr; flags interval; auto-merge\n" +
-           (elements.empty() ? "" : "    elements = { " + elements + " }\n") +
-           "  }\n"
-           "  chain input {\n"
-           "    type filter hook input priority filter; policy drop;\n"
-           "    iif \"lo\" accept\n"
-           "    ct state established,related accept\n"
-           "  }\n"
-           "  chain forward {\n"
-           "    type filter hook forward priority filter; policy drop;\n"
-           "    ct state established,related accept\n"
-           "    iifname " +
-           tap +
-           " jump from_guest\n"
-           "  }\n"
-           "  chain from_guest {\n"
-           "    ip saddr != " +
-           kGuestAddress +
-           " drop\n"
-           "    ip daddr { " +
-           kNeverEgress + ", " + guest_net + ", " + format_cidr(pool) +
-           " } goto deny\n"
-           "    oifname " +
-           veth +
-           " ip daddr @egress accept\n"
-           "    goto deny\n"
-           "  }\n"
-           "  chain deny {\n"
-           "    limit rate over " +
-           std::to_string(kRejectsPerSecond) + "/second burst " +
-           std::to_string(kRejectsPerSecond / 2) +
-           " packets drop\n"
-           "    meta l4proto tcp reject with tcp reset\n"
-           "    reject with icmpx type admin-prohibited\n"
-           "  }\n"
-           "  chain output {\n"
-           "    type filter hook output priority filter; policy accept;\n"
-           "    oifname " +
-           veth +
-           " ct state related accept\n"
-           "    oifname " +
-           veth +
-           " drop\n"
-           "  }\n"
-           "  chain postrouting {\n"
-           "    type nat hook postrouting priority srcnat; policy accept;\n"
-           "    oifname " +
-           veth +
-           " masquerade\n"
-           "  }\n"
-           "}\n";
+// which leaves masqueraded through the veth; nothing into the namespace itself but replies. At
+// most 100 rejections a second go back to the guest; beyond that, denied packets are dropped.
+constexpr const char* kNamespaceRules = R"(
+table inet holt {
+  set egress {
+    type ipv4_addr; flags interval; auto-merge
+  }
+  chain input {
+    type filter hook input priority filter; policy drop;
+    iif "lo" accept
+    ct state established,related accept
+  }
+  chain forward {
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    iifname $guest_tap jump from_guest
+  }
+  chain from_guest {
+    ip saddr != $guest drop
+    ip daddr $unreachable goto deny
+    oifname $veth ip daddr @egress accept
+    goto deny
+  }
+  chain deny {
+    limit rate over 100/second burst 50 packets drop
+    meta l4proto tcp reject with tcp reset
+    reject with icmpx type admin-prohibited
+  }
+  chain output {
+    type filter hook output priority filter; policy accept;
+    oifname $veth ct state related accept
+    oifname $veth drop
+  }
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname $veth masquerade
+  }
 }
+)";
 
 // The host's table, shared by every VM: nothing from a VM to the host or to another VM, nothing
 // into a VM but replies, and forwarding to uplinks only. It uses no connection tracking, so a host
-// whose VMs have no egress pays nothing for it; egress_rules() adds that when first needed.
-std::string host_table(const std::vector<std::string>& uplinks) {
-    std::string elements;
-    for (const auto& uplink : uplinks) {
-        elements += (elements.empty() ? "\"" : ", \"") + uplink + "\"";
-    }
-    return "add table inet holt\n"
-           "delete table inet holt\n"
-           "table inet holt {\n"
-           "  set uplinks {\n"
-           "    type ifname\n" +
-           (elements.empty() ? "" : "    elements = { " + elements + " }\n") +
-           "  }\n"
-           "  set forward_guard { type ifname; }\n"
-           "  chain forward_egress {\n"
-           "  }\n"
-           "  chain output_egress {\n"
-           "  }\n"
-           "  chain input {\n"
-           "    type filter hook input priority filter; policy accept;\n"
-           "    iifname \"hv-*\" drop\n"
-           "  }\n"
-           "  chain forward {\n"
-           "    type filter hook forward priority filter; policy accept;\n"
-           "    iifname \"hv-*\" oifname @uplinks accept\n"
-           "    iifname \"hv-*\" drop\n"
-           "    oifname \"hv-*\" jump forward_egress\n"
-           "    oifname \"hv-*\" drop\n"
-           "    iifname @forward_guard drop\n"
-           "  }\n"
-           "  chain output {\n"
-           "    type filter hook output priority filter; policy accept;\n"
-           "    oifname \"hv-*\" jump output_egress\n"
-           "    oifname \"hv-*\" drop\n"
-           "  }\n"
-           "}\n";
+// whose VMs have no egress pays nothing for it; kHostEgressRules add that when first needed.
+constexpr const char* kHostTable = R"(
+add table inet holt
+delete table inet holt
+table inet holt {
+  set uplinks {
+    type ifname
+  }
+  set forward_guard {
+    type ifname
+  }
+  chain forward_egress {
+  }
+  chain output_egress {
+  }
+  chain input {
+    type filter hook input priority filter; policy accept;
+    iifname "hv-*" drop
+  }
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    iifname "hv-*" oifname @uplinks accept
+    iifname "hv-*" drop
+    oifname "hv-*" jump forward_egress
+    oifname "hv-*" drop
+    iifname @forward_guard drop
+  }
+  chain output {
+    type filter hook output priority filter; policy accept;
+    oifname "hv-*" jump output_egress
+    oifname "hv-*" drop
+  }
 }
+)";
 
 // What the host adds once some VM has egress: replies from uplinks back to VMs, ICMP errors (path
 // MTU) to VMs, and masquerading out of the uplinks. Idempotent.
+constexpr const char* kHostEgressRules = R"(
+flush chain inet holt forward_egress
+flush chain inet holt output_egress
+add chain inet holt postrouting { type nat hook postrouting priority srcnat; policy accept; }
+flush chain inet holt postrouting
+add rule inet holt forward_egress iifname @uplinks ct state established,related accept
+add rule inet holt output_egress ct state related accept
+add rule inet holt postrouting iifname "hv-*" oifname @uplinks masquerade
+)";
+
+// "{ a, b }", quoting each item if `quoted`.
+std::string nft_set(const std::vector<std::string>& items, bool quoted) {
+    std::string set;
+    for (const auto& item : items) {
+        set += (set.empty() ? "{ " : ", ") + (quoted ? "\"" + item + "\"" : item);
+    }
+    return set + " }";
+}
+
+std::string namespace_rules(const std::vector<Ipv4Cidr>& egress, const Ipv4Cidr& pool) {
+    std::vector<std::string> unreachable = {kNeverEgress, format_cidr(pool)};
+    unreachable.push_back(format_cidr(
+        parse_cidr(std::string(kGuestAddress) + "/" + std::to_string(kGuestPrefixLength))));
+    std::string commands =
+        std::string("define guest_tap = \"") + kGuestTap + "\"\n" + "define veth = \"" +
+        kNamespaceLink + "\"\n" + "define guest = " + kGuestAddress + "\n" +
+        "define unreachable = " + nft_set(unreachable, false) + "\n" + kNamespaceRules;
+    if (!egress.empty()) {
+        std::vector<std::string> cidrs;
+        for (const auto& cidr : egress) {
+            cidrs.push_back(format_cidr(cidr));
+        }
+        commands += "add element inet holt egress " + nft_set(cidrs, false) + "\n";
+    }
+    return commands;
+}
+
+std::string host_table(const std::vector<std::string>& uplinks) {
+    std::string commands = kHostTable;
+    if (!uplinks.empty()) {
+        commands += "add element inet holt uplinks " + nft_set(uplinks, true) + "\n";
+    }
+    return commands;
+}
+
 std::string egress_rules(const std::vector<std::string>& uplinks,
                          const std::vector<std::string>& guarded) {
-    auto set_of = [](const std::vector<std::string>& names) {
-        std::string s;
-        for (const auto& name : names) {
-            s += (s.empty() ? "{ \"" : ", \"") + name + "\"";
-        }
-        return s + " }";
-    };
-    std::string commands =
-        "flush chain inet holt forward_egress\n"
-        "flush chain inet holt output_egress\n"
-        "add chain inet holt postrouting { type nat hook postrouting priority srcnat; policy "
-        "accept; }\n"
-        "flush chain inet holt postrouting\n"
-        "add rule inet holt forward_egress iifname @uplinks ct state established,related accept\n"
-        "add rule inet holt output_egress ct state related accept\n"
-        "add rule inet holt postrouting iifname \"hv-*\" oifname @uplinks masquerade\n"
-        "add element inet holt uplinks " +
-        set_of(uplinks) + "\n";
+    std::string commands = kHostEgressRules;
+    commands += "add element inet holt uplinks " + nft_set(uplinks, true) + "\n";
     if (!guarded.empty()) {
-        commands += "add element inet holt forward_guard " + set_of(guarded) + "\n";
+        commands += "add element inet holt forward_guard " + nft_set(guarded, true) + "\n";
     }
     return commands;
 }
@@ -807,6 +806,74 @@ unsigned pick_slot(const std::vector<LinkInfo>& links, const std::string& vm_id,
     throw Error("no free link in the pool (" + std::to_string(slots) + " VMs have one)");
 }
 
+// Sets up a VM's namespace on a thread of its own: creates and mounts it, then (while the caller
+// adds the host's end of the veth pair) lo, tap0 and the rules, and finally, once finish() says
+// the veth exists, its namespace end and the default route. Errors surface in netns_fd() or
+// finish(); the destructor always lets the thread end and joins it.
+class NamespaceWorker {
+public:
+    NamespaceWorker(const fs::path& path, std::string rules)
+        : thread_([this, path, rules = std::move(rules)] { run(path, rules); }) {}
+    ~NamespaceWorker() { join(); }
+    NamespaceWorker(const NamespaceWorker&) = delete;
+    NamespaceWorker& operator=(const NamespaceWorker&) = delete;
+
+    // The namespace's descriptor, once it exists; the caller owns it.
+    int netns_fd() { return created_.get_future().get(); }
+
+    // Tells the thread that the veth pair exists (its /30 starts at `base`) and waits for it.
+    void finish(std::uint32_t base) {
+        host_ready_.set_value(base);
+        signalled_ = true;
+        join();
+        if (error_) {
+            std::rethrow_exception(error_);
+        }
+    }
+
+private:
+    void run(const fs::path& path, const std::string& rules) {
+        try {
+            created_.set_value(create_namespace(path));
+        } catch (...) {
+            created_.set_exception(std::current_exception());
+            return;
+        }
+        try {
+            Rtnl rtnl;
+            rtnl.set_up("lo");
+            create_tap(kGuestTap);
+            rtnl.set_mac(kGuestTap, kGatewayMac);
+            rtnl.add_address(kGuestTap, parse_cidr(kGuestGateway).network, kGuestPrefixLength);
+            rtnl.set_up(kGuestTap);
+            run_nft(rules, "install namespace rules");
+
+            std::uint32_t base = host_ready_.get_future().get();
+            rtnl.add_address(kNamespaceLink, base + 2, 30);
+            rtnl.set_up(kNamespaceLink);
+            rtnl.add_default_route(base + 1);
+        } catch (...) {
+            error_ = std::current_exception();
+        }
+    }
+
+    void join() {
+        if (!signalled_) {
+            signalled_ = true;
+            host_ready_.set_exception(std::make_exception_ptr(Error("host side failed")));
+        }
+        if (thread_.joinable()) {
+            thread_.join();
+        }
+    }
+
+    std::promise<int> created_;
+    std::promise<std::uint32_t> host_ready_;
+    bool signalled_ = false;
+    std::exception_ptr error_;
+    std::thread thread_;  // last: it starts once everything above exists
+};
+
 }  // namespace
 
 // ---- VmNetwork ------------------------------------------------------------------------------
@@ -814,8 +881,7 @@ unsigned pick_slot(const std::vector<LinkInfo>& links, const std::string& vm_id,
 VmNetwork VmNetwork::create(const std::string& vm_id, const NetworkPolicy& policy,
                             const HostNetworkConfig& host) {
     auto started = Clock::now();
-    std::string context = "create network for " + vm_id;
-    return with_context(context, [&] {
+    return with_context("create network for " + vm_id, [&] {
         check_vm_id(vm_id);
         Ipv4Cidr pool = parse_cidr(host.link_pool);
         if (pool.prefix > 30) {
@@ -828,15 +894,11 @@ VmNetwork VmNetwork::create(const std::string& vm_id, const NetworkPolicy& polic
         for (const auto& text : policy.allow_egress_cidrs) {
             egress.push_back(parse_cidr(text));
         }
-        bool has_egress = !egress.empty();
 
         // From here on, `net`'s destructor removes whatever exists if a step throws.
         VmNetwork net;
         net.vm_id_ = vm_id;
         net.state_dir_ = host.state_dir;
-
-        // The namespace is set up on a thread of its own (a thread can switch network namespace
-        // without affecting the rest of the process) while this thread sets up the host's side.
         prepare_netns_dir();
         fs::path path = kNetnsDir / (kNetnsPrefix + vm_id);
         {
@@ -846,96 +908,13 @@ VmNetwork VmNetwork::create(const std::string& vm_id, const NetworkPolicy& polic
             }
         }
         net.netns_name_ = kNetnsPrefix + vm_id;
-        std::promise<int> namespace_created;     // its descriptor
-        std::promise<std::uint32_t> host_ready;  // the veth pair exists; the base of its /30
-        std::exception_ptr namespace_error;
-        std::thread worker([&] {
-            try {
-                namespace_created.set_value(create_namespace(path));
-            } catch (...) {
-                namespace_created.set_exception(std::current_exception());
-                return;
-            }
-            try {
-                Rtnl rtnl;
-                rtnl.set_up("lo");
-                create_tap(kGuestTap);
-                rtnl.set_mac(kGuestTap, kGatewayMac);
-                rtnl.add_address(kGuestTap, parse_cidr(kGuestGateway).network, kGuestPrefixLength);
-                rtnl.set_up(kGuestTap);
-                run_nft(namespace_rules(egress, pool), "install namespace rules");
 
-                std::uint32_t base = host_ready.get_future().get();
-                rtnl.add_address(kNamespaceLink, base + 2, 30);
-                rtnl.set_up(kNamespaceLink);
-                rtnl.add_default_route(base + 1);
-            } catch (...) {
-                namespace_error = std::current_exception();
-            }
-        });
-        // Whatever happens on this thread, the worker is released and joined before `net` goes.
-        struct JoinWorker {
-            std::thread& worker;
-            std::promise<std::uint32_t>& host_ready;
-            bool signalled = false;
-            void join() {
-                if (!signalled) {
-                    signalled = true;
-                    host_ready.set_exception(std::make_exception_ptr(Error("host side failed")));
-                }
-                if (worker.joinable()) {
-                    worker.join();
-                }
-            }
-            ~JoinWorker() { join(); }
-        } join_worker{worker, host_ready};
-
-        net.netns_fd_ = namespace_created.get_future().get();
-        auto namespace_done = Clock::now();
-
-        // The veth pair, from the host, under the host-wide lock.
-        {
-            HostLock lock(host.state_dir);
-            Rtnl rtnl;
-            auto links = rtnl.links();
-            if (!nft_table_exists("holt")) {
-                run_nft(host_table(host.uplinks), "install host table inet holt");
-            }
-            unsigned slot = pick_slot(links, vm_id, slot_count(pool));
-            std::uint32_t base = slot_base(pool, slot);
-            std::string link = kHostLinkPrefix + std::to_string(slot);
-            rtnl.create_veth(link, kNamespaceLink, net.netns_fd_);
-            net.host_link_ = link;
-            net.host_address_ = format_ipv4(base + 1);
-            net.namespace_address_ = format_ipv4(base + 2);
-            rtnl.set_alias(link, kAliasPrefix + vm_id);
-            fs::path ipv6_knob = fs::path("/proc/sys/net/ipv6/conf") / link / "disable_ipv6";
-            if (fs::exists(ipv6_knob)) {
-                write_sysctl(ipv6_knob, "1");
-            }
-            if (has_egress) {
-                write_sysctl(ipv4_conf(link, "forwarding"), "1");
-                if (host.uplinks.empty()) {
-                    logger()->warn(
-                        "vm={} policy allows egress but no uplink is configured: "
-                        "its traffic stays on the host",
-                        vm_id);
-                } else {
-                    auto guarded = uplinks_not_forwarding(host);
-                    run_nft(egress_rules(host.uplinks, guarded), "install host egress rules");
-                    turn_on_forwarding(host.state_dir, guarded);
-                }
-            }
-            rtnl.add_address(link, base + 1, 30);
-            rtnl.set_up(link);
-            host_ready.set_value(base);
-            join_worker.signalled = true;
-        }
-        auto host_done = Clock::now();
-        join_worker.join();
-        if (namespace_error) {
-            std::rethrow_exception(namespace_error);
-        }
+        // The namespace side runs on a thread of its own (a thread can switch network namespace
+        // without affecting the rest of the process) while this thread sets up the host's side.
+        NamespaceWorker worker(path, namespace_rules(egress, pool));
+        net.netns_fd_ = worker.netns_fd();
+        std::uint32_t base = net.add_host_link(!egress.empty(), host);
+        worker.finish(base);
 
         std::string allowed;
         for (const auto& cidr : egress) {
@@ -944,12 +923,47 @@ VmNetwork VmNetwork::create(const std::string& vm_id, const NetworkPolicy& polic
         logger()->info("vm={} network created: netns {} link {} ({}/30) egress [{}] in {} us",
                        vm_id, net.netns_name_, net.host_link_, net.host_address_, allowed,
                        elapsed_us(started));
-        logger()->debug(
-            "vm={} namespace created after {} us, host side done after {} us", vm_id,
-            std::chrono::duration_cast<std::chrono::microseconds>(namespace_done - started).count(),
-            std::chrono::duration_cast<std::chrono::microseconds>(host_done - started).count());
         return net;
     });
+}
+
+std::uint32_t VmNetwork::add_host_link(bool has_egress, const HostNetworkConfig& host) {
+    Ipv4Cidr pool = parse_cidr(host.link_pool);
+    HostLock lock(host.state_dir);
+    Rtnl rtnl;
+    auto links = rtnl.links();
+    if (!nft_table_exists("holt")) {
+        run_nft(host_table(host.uplinks), "install host table inet holt");
+    }
+    unsigned slot = pick_slot(links, vm_id_, slot_count(pool));
+    std::uint32_t base = slot_base(pool, slot);
+    std::string link = kHostLinkPrefix + std::to_string(slot);
+    rtnl.create_veth(link, kNamespaceLink, netns_fd_);
+    host_link_ = link;
+    host_address_ = format_ipv4(base + 1);
+    namespace_address_ = format_ipv4(base + 2);
+    rtnl.set_alias(link, kAliasPrefix + vm_id_);
+
+    fs::path ipv6_knob = fs::path("/proc/sys/net/ipv6/conf") / link / "disable_ipv6";
+    if (fs::exists(ipv6_knob)) {
+        write_sysctl(ipv6_knob, "1");
+    }
+    if (has_egress) {
+        write_sysctl(ipv4_conf(link, "forwarding"), "1");
+        if (host.uplinks.empty()) {
+            logger()->warn(
+                "vm={} policy allows egress but no uplink is configured: "
+                "its traffic stays on the host",
+                vm_id_);
+        } else {
+            auto guarded = uplinks_not_forwarding(host);
+            run_nft(egress_rules(host.uplinks, guarded), "install host egress rules");
+            turn_on_forwarding(host.state_dir, guarded);
+        }
+    }
+    rtnl.add_address(link, base + 1, 30);
+    rtnl.set_up(link);
+    return base;
 }
 
 VmNetwork::VmNetwork(VmNetwork&& other) noexcept

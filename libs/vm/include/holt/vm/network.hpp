@@ -117,6 +117,9 @@ public:
 
 private:
     VmNetwork() = default;
+    // Under the host-wide lock: picks a slot, creates the veth pair with its namespace end in this
+    // VM's namespace, and sets up the host's end. Returns the first address of the slot's /30.
+    std::uint32_t add_host_link(bool has_egress, const HostNetworkConfig& host);
     void release() noexcept;
 
     std::string vm_id_;
