@@ -94,7 +94,7 @@ std::string error_of(const std::function<void()>& fn) {
 // their own.
 class VmTest : public ::testing::Test {
 protected:
-    static void SetUpTestSuite() { vm_ = engine().boot({.template_name = "base"}).release(); }
+    static void SetUpTestSuite() { vm_ = engine().create({.template_name = "base"}).release(); }
     static void TearDownTestSuite() {
         delete vm_;
         vm_ = nullptr;
@@ -225,6 +225,14 @@ TEST_F(VmTest, ABackgroundProcessKeepsRunningAcrossAReconnect) {
     std::lock_guard lock(mutex);
     EXPECT_THAT(seen, HasSubstr("tick 0\n"));  // buffered while nobody listened
     EXPECT_THAT(seen, HasSubstr("tick 5\n"));
+}
+
+TEST(VmIsolationTest, AColdBootedVmRunsCommands) {
+    auto vm = engine().boot({.template_name = "base"});
+    auto result = vm->agent().run(shell("cat /proc/1/comm"));
+    EXPECT_EQ(result.stdout_data, "holt-agent\n");
+    vm->stop();
+    EXPECT_FALSE(vm->machine().running());
 }
 
 TEST(VmIsolationTest, TwoVmsFromOneTemplateDoNotSeeEachOthersFiles) {

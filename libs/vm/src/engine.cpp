@@ -85,6 +85,20 @@ void remove_recorded_layers(const fs::path& runtime_dir, const fs::path& layers_
     }
 }
 
+// A qcow2 overlay over `snapshot`'s disk that nothing has written to yet. Every overlay over the
+// same backing file starts out byte for byte the same, so restores copy this one (about a
+// millisecond) instead of running qemu-img for each VM (tens of milliseconds).
+fs::path empty_overlay(const Snapshot& snapshot) {
+    fs::path path = snapshot.dir() / "overlay.qcow2";
+    if (!fs::exists(path)) {
+        fs::path tmp = path;
+        tmp += "." + random_id("tmp");
+        create_overlay(snapshot.disk()->path(), "qcow2", tmp);
+        fs::rename(tmp, path);
+    }
+    return path;
+}
+
 }  // namespace
 
 void create_overlay(const fs::path& base, const std::string& base_format, const fs::path& overlay) {
@@ -335,7 +349,7 @@ std::unique_ptr<Vm> Engine::restore(const std::shared_ptr<Snapshot>& snapshot,
         auto root = std::make_shared<DiskLayer>(layers_dir() / new_layer_name(id),
                                                 snapshot->disk(), false);
         with_context("create disk overlay",
-                     [&] { create_overlay(snapshot->disk()->path(), "qcow2", root->path()); });
+                     [&] { fs::copy_file(empty_overlay(*snapshot), root->path()); });
         MachineSpec spec{
             .id = id,
             .vcpus = m.vcpus,
@@ -351,11 +365,16 @@ std::unique_ptr<Vm> Engine::restore(const std::shared_ptr<Snapshot>& snapshot,
         if (snapshot->has_memory_file()) {
             spec.memory = {.file = snapshot->memory_file(), .shared = false};
         }
+        auto logger = holt::log::get("vm");
+        logger->debug("vm={} restore: overlay ready after {} ms", id, elapsed_ms(started));
         std::unique_ptr<Machine> machine = driver_.start(spec);
         dir.record_hypervisor_pid(machine->pid());
+        logger->debug("vm={} restore: QEMU up after {} ms", id, elapsed_ms(started));
         machine->load_state(snapshot->state_file(), snapshot->has_memory_file());
+        logger->debug("vm={} restore: state loaded after {} ms", id, elapsed_ms(started));
 
         auto agent = wait_for_agent(*machine, Clock::now() + options_.restore_timeout);
+        logger->debug("vm={} restore: agent answered after {} ms", id, elapsed_ms(started));
         // Every restore resumes with the snapshot's clock and RNG state: fix both before the
         // guest runs anything for its user.
         with_context("set guest clock", [&] { agent->set_time(std::chrono::system_clock::now()); });

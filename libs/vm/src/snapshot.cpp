@@ -58,6 +58,7 @@ Snapshot::~Snapshot() {
         fs::remove(dir_ / "snapshot.json", ec);
         fs::remove(state_file(), ec);
         fs::remove(memory_file(), ec);
+        fs::remove(dir_ / "overlay.qcow2", ec);
         fs::remove(dir_, ec);  // only once the layer inside is gone too
     }
 }

@@ -12,6 +12,7 @@
 //   disk.qcow2     (template snapshots) the frozen layer of the root disk, read-only from then on;
 //                  a VM snapshot's frozen layer stays where it was made, in DATA/layers, and
 //                  snapshot.json names it
+//   overlay.qcow2  an empty overlay over the disk layer, copied to start each restore's own
 //
 // snapshot.json fields: format, kind ("template" or "vm"), source (template name or VM id),
 // template,
