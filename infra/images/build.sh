@@ -181,9 +181,13 @@ resolve_kernel() {
   kernel_hash=$(kernel_recipe | stdin_sha256)
   kernel_dir="$images/kernel-$kernel_hash"
 }
+# apt-get update fails as a whole when any one source does, also one that has no kernel.
+update_package_lists() {
+  apt-get update -qq || say "apt-get update reported errors (see above); going on with what it got"
+}
 if ! resolve_kernel; then
   say "apt does not know $KERNEL_METAPACKAGE: updating the package lists"
-  apt-get update -qq || die "apt-get update failed"
+  update_package_lists
   resolve_kernel || die "apt cannot resolve $KERNEL_METAPACKAGE to a kernel package"
 fi
 if [ ! -f "$kernel_dir/vmlinuz" ]; then
@@ -193,7 +197,7 @@ if [ ! -f "$kernel_dir/vmlinuz" ]; then
     kernel_download "$TMP"; then
     # The mirror drops superseded kernels: newer package lists may name one it still has.
     say "retrying with fresh package lists"
-    apt-get update -qq || die "apt-get update failed"
+    update_package_lists
     rm -f "$TMP"/*.deb
     resolve_kernel || die "apt cannot resolve $KERNEL_METAPACKAGE to a kernel package"
     if [ ! -f "$kernel_dir/vmlinuz" ]; then
@@ -229,25 +233,23 @@ fi
 
 # ---- root filesystems and manifests ----
 
-# Writes DIR/images/<template>/manifest.json for template $1 atomically, unless it already
-# describes these artifacts.
+# Writes DIR/images/<template>/manifest.json for template $1 (root filesystem $2, recipe hash
+# $3) atomically. Returns 1 without writing when the manifest already says all of it.
 write_manifest() {
-  local name=$1 rootfs=$2 recipe_hash=$3 dir="$images/$1" current
-  mkdir -p "$dir"
-  if [ -f "$dir/manifest.json" ]; then
-    current=$(sed -n -E 's/.*"recipe_hash": *"([0-9a-f]+)".*/\1/p' "$dir/manifest.json")
-    [ "$current" = "$recipe_hash" ] && return 1
-  fi
-  cat > "$dir/manifest.json.tmp" << EOF
-{"format":$MANIFEST_FORMAT,"template":$(json_string "$name"),\
-"kernel":$(json_string "$kernel_dir/vmlinuz"),\
-"initrd":$(json_string "$initramfs_dir/initrd.img"),\
-"rootfs":$(json_string "$rootfs"),"rootfs_format":"raw",\
-"kernel_version":$(json_string "$kernel_version"),\
-"recipe_hash":"$recipe_hash","built_at":"$(date -u +%Y-%m-%dT%H:%M:%SZ)"}
-EOF
-  sync -- "$dir/manifest.json.tmp"
-  mv -f -- "$dir/manifest.json.tmp" "$dir/manifest.json"
+  local dir="$images/$1" body current=
+  body="{\"format\":$MANIFEST_FORMAT,\"template\":$(json_string "$1")"
+  body+=",\"kernel\":$(json_string "$kernel_dir/vmlinuz")"
+  body+=",\"initrd\":$(json_string "$initramfs_dir/initrd.img")"
+  body+=",\"rootfs\":$(json_string "$2"),\"rootfs_format\":\"raw\""
+  body+=",\"kernel_version\":$(json_string "$kernel_version"),\"recipe_hash\":\"$3\""
+  [ -f "$dir/manifest.json" ] && current=$(< "$dir/manifest.json")
+  [ "${current%%,\"built_at\":*}" = "$body" ] && return 1
+  # Called from an if, so errexit is off here: every step checks for itself.
+  mkdir -p "$dir" || die "cannot create $dir"
+  printf '%s,"built_at":"%s"}\n' "$body" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    > "$dir/manifest.json.tmp" || die "cannot write $dir/manifest.json.tmp"
+  sync -- "$dir/manifest.json.tmp" || die "cannot sync $dir/manifest.json.tmp"
+  mv -f -- "$dir/manifest.json.tmp" "$dir/manifest.json" || die "cannot rename into $dir/manifest.json"
 }
 
 for name in "${templates[@]}"; do
