@@ -27,20 +27,17 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// MemTotal - MemAvailable: what the host has given out, page cache of shared files excluded.
-double host_memory_used_mib() {
-    std::ifstream meminfo("/proc/meminfo");
-    std::string key;
-    double value = 0, total = 0, available = 0;
-    std::string unit;
-    while (meminfo >> key >> value >> unit) {
-        if (key == "MemTotal:") {
-            total = value;
-        } else if (key == "MemAvailable:") {
-            available = value;
+// A process's proportional set size in MiB: its private memory plus its share of pages it
+// maps together with others (the template snapshot's RAM file, QEMU's code).
+double pss_mib(int pid) {
+    std::ifstream rollup("/proc/" + std::to_string(pid) + "/smaps_rollup");
+    std::string line;
+    while (std::getline(rollup, line)) {
+        if (line.rfind("Pss:", 0) == 0) {
+            return std::stod(line.substr(4)) / 1024.0;
         }
     }
-    return (total - available) / 1024.0;
+    return 0;
 }
 
 double ms_since(Clock::time_point start) {
@@ -146,21 +143,19 @@ int main(int argc, char** argv) {
         }
 
         if (idle_clones > 0) {
-            double before = host_memory_used_mib();
             std::vector<std::unique_ptr<holt::vm::Vm>> clones;
             for (int i = 0; i < idle_clones; ++i) {
                 clones.push_back(engine.create({.template_name = main_template}));
             }
             std::this_thread::sleep_for(std::chrono::seconds(2));
-            double per_clone = (host_memory_used_mib() - before) / idle_clones;
-            boost::json::object line{{"metric", "host_memory_per_idle_clone"}, {"unit", "MiB"},
-                                     {"n", idle_clones},
-                                     {"value", std::round(per_clone * 10) / 10}};
-            for (auto& [key, value] : restore_extra) {
-                line[key] = value;
+            std::vector<double> pss;
+            for (auto& clone : clones) {
+                pss.push_back(pss_mib(clone->machine().pid()));
             }
-            std::printf("%s\n", boost::json::serialize(line).c_str());
-            std::fflush(stdout);
+            auto extra = restore_extra;
+            extra["unit"] = "MiB";
+            extra["running_at_once"] = idle_clones;
+            report("host_memory_per_idle_clone_pss", pss, extra);
         }
 
         auto vm = engine.create({.template_name = main_template});
