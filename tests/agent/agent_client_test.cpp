@@ -649,6 +649,33 @@ TEST(AgentSessions, BackgroundProcessSurvivesTheHostAndCanBeReattached) {
     expect_agent_error([&] { client->forget(background_id); }, "ENOENT", "no such process");
 }
 
+TEST_F(AgentTest, BackgroundOutputIsKeptInABoundedRingBuffer) {
+    ExecRequest request = shell("head -c 3000000 /dev/zero | tr '\\0' a; echo -n END");
+    request.background = true;
+    std::string id = client_->start(request, {})->process_id();
+    ASSERT_TRUE(wait_until([&] { return !client_->processes().at(0).running; }, 10s));
+    vm::ProcessInfo info = client_->processes().at(0);
+    ASSERT_TRUE(info.exit.has_value());
+    EXPECT_TRUE(info.exit->success());
+    // The last MiB is kept; the rest is counted as dropped.
+    EXPECT_EQ(info.dropped_stdout, 3000003u - (1u << 20));
+    std::string replay;
+    auto attached =
+        client_->attach(id, {.on_stdout = [&](std::string_view data) { replay.append(data); }});
+    EXPECT_TRUE(attached->wait().success());
+    EXPECT_EQ(replay.size(), 1u << 20);
+    EXPECT_THAT(replay, ::testing::EndsWith("aaaEND"));
+}
+
+TEST_F(AgentTest, ListingsStopAtTheirLimit) {
+    TempDir dir;
+    for (int i = 0; i < 30; ++i) {
+        std::ofstream(dir / ("f" + std::to_string(i)));
+    }
+    EXPECT_EQ(client_->list(dir.path().string(), 1, 10).size(), 10u);
+    EXPECT_EQ(client_->list(dir.path().string()).size(), 30u);
+}
+
 TEST(AgentSessions, HandshakeResynchronisesAfterJunkAndAHalfFrame) {
     auto agent = AgentProcess::stdio();
     const int fd = agent->host_fd();
