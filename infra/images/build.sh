@@ -17,7 +17,7 @@
 #   logs/<artifact>.log            the full output of the last build of each artifact
 #   .lock                          flock(1)ed by every run: one build of a data dir at a time
 #   .tmp-*                         artifacts being built; renamed into place only when complete
-#   .cache/                        apt answers remembered between runs
+#   .cache/                        apt's answer about the kernel and binaries' sha256, remembered
 #
 # Every artifact directory also holds recipe.txt: the inputs whose sha256 is its <hash>. An
 # artifact directory that exists is complete; one is never changed after it is renamed into
