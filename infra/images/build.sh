@@ -35,6 +35,10 @@
 #   built_at        when the manifest was written, ISO-8601 UTC
 set -euo pipefail
 
+# The script is one brace group that ends in exit, so bash has read all of it before it runs
+# any of it: editing the file while a build runs cannot break that build.
+{
+
 MANIFEST_FORMAT=1
 
 HOLT_IMAGES_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -326,3 +330,5 @@ if [ "$changed" -eq 0 ]; then
 else
   say "done in $(elapsed_since "$run_start")"
 fi
+exit 0
+}
