@@ -217,7 +217,11 @@ public:
             }
             int rc = ::mnl_cb_run(buffer_, n, seq, portid_, on_reply, data);
             if (rc == MNL_CB_ERROR) {
-                return -errno;
+                int err = errno;
+                if (err == EINTR) {
+                    skip_rest_of_dump(buffer_, n);
+                }
+                return -err;
             }
             if (rc == MNL_CB_STOP) {
                 return 0;
@@ -233,6 +237,25 @@ public:
     }
 
 private:
+    // A dump interrupted by concurrent changes (NLM_F_DUMP_INTR) still sends the rest of its
+    // messages; reads them up to its end, so that the next request starts on a clean socket.
+    void skip_rest_of_dump(const char* received, ssize_t size) {
+        for (;;) {
+            int len = static_cast<int>(size);
+            for (auto* nlh = reinterpret_cast<const nlmsghdr*>(received); ::mnl_nlmsg_ok(nlh, len);
+                 nlh = ::mnl_nlmsg_next(nlh, &len)) {
+                if (nlh->nlmsg_type == NLMSG_DONE || nlh->nlmsg_type == NLMSG_ERROR) {
+                    return;
+                }
+            }
+            size = ::mnl_socket_recvfrom(socket_, buffer_, sizeof(buffer_));
+            if (size <= 0) {
+                return;
+            }
+            received = buffer_;
+        }
+    }
+
     mnl_socket* socket_;
     unsigned portid_ = 0;
     unsigned seq_ = 0;
@@ -342,14 +365,20 @@ public:
     }
 
     std::vector<LinkInfo> links() {
-        nlmsghdr* nlh = nl_.start(RTM_GETLINK, NLM_F_DUMP);
-        put_ifinfo(nlh, 0);
-        std::vector<LinkInfo> result;
-        int rc = nl_.transact(nlh, &Rtnl::on_link, &result);
-        if (rc < 0) {
-            throw Error("list links: " + errno_text(-rc));
+        // A dump that links changed under (namespaces of destroyed VMs going away) ends with
+        // EINTR (NLM_F_DUMP_INTR) and is simply asked for again.
+        for (int attempt = 1;; ++attempt) {
+            nlmsghdr* nlh = nl_.start(RTM_GETLINK, NLM_F_DUMP);
+            put_ifinfo(nlh, 0);
+            std::vector<LinkInfo> result;
+            int rc = nl_.transact(nlh, &Rtnl::on_link, &result);
+            if (rc == 0) {
+                return result;
+            }
+            if (rc != -EINTR || attempt == 20) {
+                throw Error("list links: " + errno_text(-rc));
+            }
         }
-        return result;
     }
 
 private:
