@@ -60,8 +60,9 @@ std::optional<AcceleratorChoice> read_cache(const fs::path& file, const std::str
     AcceleratorChoice choice;
     choice.accel = o.at("accel") == json::value("kvm") ? Accelerator::kvm : Accelerator::tcg;
     if (const auto* reason = o.if_contains("reason"); reason && reason->is_string()) {
-        choice.reason = std::string(reason->as_string()) + " (cached)";
+        choice.reason = std::string(reason->as_string());
     }
+    choice.cached = true;
     return choice;
 }
 
@@ -97,7 +98,10 @@ std::string probe_kvm(const QemuDriver& driver, const TemplateImage& image,
             return "";
         }
         if (!qemu.running()) {
-            std::string output = tail_of_file(dir.path() / "qemu.log", 2);
+            // QEMU's first line says why ("failed to set MSR ..."); the rest is its assertion.
+            std::ifstream log(dir.path() / "qemu.log");
+            std::string output;
+            std::getline(log, output);
             return "QEMU " + qemu.exit_status()->describe() + (output.empty() ? "" : ": " + output);
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(20));

@@ -175,7 +175,8 @@ AcceleratorChoice Engine::accelerator(const std::string& probe_template) {
         accel_ = choose_accelerator(options_.accel, driver_, image, vms_dir(),
                                     options_.data_dir / "accelerator.json");
         auto logger = holt::log::get("vm");
-        if (accel_->accel == Accelerator::tcg && options_.accel == AcceleratorMode::automatic) {
+        if (accel_->accel == Accelerator::tcg && options_.accel == AcceleratorMode::automatic &&
+            !accel_->cached) {
             logger->warn("accelerator: TCG (software emulation, slower): {}", accel_->reason);
         } else {
             logger->info("accelerator: {} ({})", to_string(accel_->accel), accel_->reason);
