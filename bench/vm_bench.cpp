@@ -7,15 +7,14 @@
 // measured in one run, since shared machines are noisy.
 
 #include <CLI/CLI.hpp>
-#include <boost/json/serialize.hpp>
-
 #include <algorithm>
+#include <boost/json/serialize.hpp>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <thread>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "holt/common/data_dir.hpp"
@@ -76,7 +75,8 @@ int main(int argc, char** argv) {
     std::string data_dir;
     app.add_option("--templates", templates, "templates to cold-boot");
     app.add_option("--boots", boots, "cold boots per template")->check(CLI::Range(1, 1000));
-    app.add_option("--execs", execs, "runs of `true` in one ready VM")->check(CLI::Range(1, 100000));
+    app.add_option("--execs", execs, "runs of `true` in one ready VM")
+        ->check(CLI::Range(1, 100000));
     app.add_option("--restores", restore_count, "restores from the template snapshot")
         ->check(CLI::Range(1, 100000));
     app.add_option("--cycles", cycles, "forks, and hibernate/wake cycles, of one VM")
@@ -88,7 +88,8 @@ int main(int argc, char** argv) {
     holt::log::init("warn");
 
     holt::vm::EngineOptions options;
-    options.data_dir = data_dir.empty() ? holt::default_data_dir() : std::filesystem::path(data_dir);
+    options.data_dir =
+        data_dir.empty() ? holt::default_data_dir() : std::filesystem::path(data_dir);
     options.recipes_dir = HOLT_IMAGES_DIR;
     holt::vm::Engine engine(options);
 

@@ -93,7 +93,7 @@ std::string error_of(const std::function<void()>& fn) {
 // One VM shared by the tests that only run commands in it; the isolation and cleanup tests boot
 // their own.
 class VmTest : public ::testing::Test {
-protected:
+  protected:
     static void SetUpTestSuite() { vm_ = engine().create({.template_name = "base"}).release(); }
     static void TearDownTestSuite() {
         delete vm_;
@@ -196,8 +196,8 @@ TEST_F(VmTest, ABackgroundProcessKeepsRunningAcrossAReconnect) {
     AgentClient& fresh = vm_->reconnect_agent();
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
     auto processes = fresh.processes();
-    auto it = std::find_if(processes.begin(), processes.end(),
-                           [&](const auto& p) { return p.id == id; });
+    auto it =
+        std::find_if(processes.begin(), processes.end(), [&](const auto& p) { return p.id == id; });
     ASSERT_NE(it, processes.end());
     EXPECT_TRUE(it->running);
 
@@ -272,9 +272,8 @@ TEST(VmBadInputTest, AGuestThatDoesNotBootInTimeFailsWithItsConsoleAndLeavesNoth
 
 TEST(VmBadInputTest, AGuestThatCrashesAtBootReportsWhy) {
     // 40 MiB is too little for the kernel and its initramfs: the guest panics and QEMU exits.
-    std::string error = error_of([&] {
-        engine().boot({.template_name = "base", .memory_mib = 40});
-    });
+    std::string error =
+        error_of([&] { engine().boot({.template_name = "base", .memory_mib = 40}); });
     EXPECT_THAT(error, HasSubstr("the guest stopped before its agent answered"));
     EXPECT_THAT(leftover_runtime_files(), ::testing::IsEmpty());
     EXPECT_EQ(qemu_processes_of_this_test(), 0);

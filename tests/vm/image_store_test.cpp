@@ -14,7 +14,7 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
 class ImageStoreTest : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         root_ = fs::temp_directory_path() / ("holt-image-store-" + std::to_string(::getpid()));
         fs::remove_all(root_);

@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 // A scripted stand-in for QEMU's QMP server: sends the greeting, then answers each line it reads
 // with the next scripted reply (after writing any scripted events).
 class FakeQmpServer {
-public:
+  public:
     explicit FakeQmpServer(std::vector<std::string> replies) : replies_(std::move(replies)) {
         path_ = fs::temp_directory_path() / ("holt-qmp-" + std::to_string(::getpid()) + ".sock");
         fs::remove(path_);
@@ -41,10 +41,11 @@ public:
     const fs::path& path() const { return path_; }
     const std::vector<std::string>& received() const { return received_; }
 
-private:
+  private:
     void serve() {
         int fd = ::accept(listener_, nullptr, nullptr);
-        send(fd, R"({"QMP": {"version": {}, "capabilities": []}})" "\n");
+        send(fd, R"({"QMP": {"version": {}, "capabilities": []}})"
+                 "\n");
         std::string buffer;
         char chunk[4096];
         std::size_t next = 0;
@@ -92,10 +93,9 @@ TEST(QmpClientTest, NegotiatesAndReturnsResults) {
 }
 
 TEST(QmpClientTest, KeepsEventsThatArriveBeforeTheReply) {
-    FakeQmpServer server({R"({"return": {}, "id": 1})",
-                          R"({"event": "STOP", "timestamp": {}})"
-                          "\n"
-                          R"({"return": {}, "id": 2})"});
+    FakeQmpServer server({R"({"return": {}, "id": 1})", R"({"event": "STOP", "timestamp": {}})"
+                                                        "\n"
+                                                        R"({"return": {}, "id": 2})"});
     QmpClient qmp = QmpClient::connect(server.path(), soon());
     qmp.execute("stop");
     auto events = qmp.take_events();
@@ -105,8 +105,9 @@ TEST(QmpClientTest, KeepsEventsThatArriveBeforeTheReply) {
 }
 
 TEST(QmpClientTest, QmpErrorsNameTheCommandAndQemusReason) {
-    FakeQmpServer server({R"({"return": {}, "id": 1})",
-                          R"({"error": {"class": "GenericError", "desc": "no such device"}, "id": 2})"});
+    FakeQmpServer server(
+        {R"({"return": {}, "id": 1})",
+         R"({"error": {"class": "GenericError", "desc": "no such device"}, "id": 2})"});
     QmpClient qmp = QmpClient::connect(server.path(), soon());
     try {
         qmp.execute("device_del", {{"id", "x"}});
@@ -119,7 +120,8 @@ TEST(QmpClientTest, QmpErrorsNameTheCommandAndQemusReason) {
 TEST(QmpClientTest, ConnectFailsClearlyWhenNothingListens) {
     auto missing = fs::temp_directory_path() / "holt-no-such-qmp.sock";
     try {
-        QmpClient::connect(missing, std::chrono::steady_clock::now() + std::chrono::milliseconds(50));
+        QmpClient::connect(missing,
+                           std::chrono::steady_clock::now() + std::chrono::milliseconds(50));
         FAIL() << "expected an error";
     } catch (const Error& e) {
         EXPECT_THAT(e.what(), HasSubstr("connect to QMP socket " + missing.string()));

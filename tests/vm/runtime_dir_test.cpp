@@ -12,7 +12,7 @@ namespace {
 namespace fs = std::filesystem;
 
 class RuntimeDirTest : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         root_ = fs::temp_directory_path() / ("holt-runtime-" + std::to_string(::getpid()));
         fs::remove_all(root_);

@@ -59,7 +59,7 @@ std::string read_text(Vm& vm, const std::string& path) {
 }
 
 class SnapshotTest : public ::testing::Test {
-protected:
+  protected:
     void TearDown() override {
         // Every VM of the test is gone by now: nothing of them may be left on the host.
         std::error_code ec;
@@ -120,9 +120,8 @@ TEST_F(SnapshotTest, TheClockIsRightAfterRestoringASnapshotTakenEarlier) {
     std::this_thread::sleep_for(std::chrono::seconds(5));
     auto restored = engine().restore(snapshot);
     double guest_s = std::stod(run_ok(*restored, "date +%s.%N"));
-    double host_s = std::chrono::duration<double>(
-                        std::chrono::system_clock::now().time_since_epoch())
-                        .count();
+    double host_s =
+        std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
     EXPECT_NEAR(guest_s, host_s, 1.0);
 }
 

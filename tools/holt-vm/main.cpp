@@ -1,13 +1,13 @@
 // holt-vm: the operator's tool for Holt's VM engine. It builds guest images and boots throwaway
 // VMs to run a command or an interactive shell in; every VM it boots is removed when it exits.
 
-#include <CLI/CLI.hpp>
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <termios.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <csignal>
 #include <cstdio>
 #include <iostream>
@@ -47,7 +47,8 @@ fs::path own_directory() {
 
 Engine make_engine(const GlobalOptions& global) {
     EngineOptions options;
-    options.data_dir = global.data_dir.empty() ? holt::default_data_dir() : fs::path(global.data_dir);
+    options.data_dir =
+        global.data_dir.empty() ? holt::default_data_dir() : fs::path(global.data_dir);
     options.recipes_dir = HOLT_IMAGES_DIR;
     options.accel = holt::vm::parse_accelerator_mode(global.accel);
     return Engine(options);
@@ -138,7 +139,7 @@ int run(const GlobalOptions& global, const VmCommandOptions& vm_opts,
 
 // Puts the local terminal in raw mode for the life of the object.
 class RawTerminal {
-public:
+  public:
     RawTerminal() {
         if (::isatty(STDIN_FILENO) && ::tcgetattr(STDIN_FILENO, &saved_) == 0) {
             termios raw = saved_;
@@ -152,7 +153,7 @@ public:
         }
     }
 
-private:
+  private:
     termios saved_{};
     bool active_ = false;
 };
@@ -254,8 +255,7 @@ int main(int argc, char** argv) {
     run_cmd->add_option("--cwd", cwd, "working directory in the guest");
     run_cmd->add_option("--user", user, "guest user to run as (default root)");
     run_cmd->add_option("--timeout", timeout_s, "kill the command after this many seconds");
-    run_cmd->add_option("command", command, "the command and its arguments (after --)")
-        ->required();
+    run_cmd->add_option("command", command, "the command and its arguments (after --)")->required();
 
     VmCommandOptions shell_vm;
     auto* shell_cmd =

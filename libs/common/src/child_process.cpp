@@ -58,11 +58,11 @@ bp::child launch(const std::vector<std::string>& argv, const SpawnOptions& optio
                  Extra&&... extra) {
     std::vector<std::string> args(argv.begin() + 1, argv.end());
     if (options.output_file.empty()) {
-        return bp::child(bp::exe = executable(argv.front()), bp::args = args,
-                         bp::std_in < bp::null, std::forward<Extra>(extra)...);
+        return bp::child(bp::exe = executable(argv.front()), bp::args = args, bp::std_in < bp::null,
+                         std::forward<Extra>(extra)...);
     }
-    return bp::child(bp::exe = executable(argv.front()), bp::args = args, bp::std_in < bp::null,
-                     (bp::std_out & bp::std_err) > options.output_file.string(),
+    return bp::child(bp::exe = executable(argv.front()), bp::args = args,
+                     bp::std_in<bp::null, (bp::std_out & bp::std_err)> options.output_file.string(),
                      std::forward<Extra>(extra)...);
 }
 
@@ -168,7 +168,7 @@ CommandResult run_command(const std::vector<std::string>& argv, bool capture) {
         if (capture) {
             bp::ipstream output;
             bp::child child(bp::exe = executable(argv.front()), bp::args = args,
-                            bp::std_in < bp::null, (bp::std_out & bp::std_err) > output);
+                            bp::std_in<bp::null, (bp::std_out & bp::std_err)> output);
             std::string line;
             while (std::getline(output, line)) {
                 result.output += line;

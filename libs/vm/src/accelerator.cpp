@@ -83,12 +83,17 @@ void write_cache(const fs::path& file, const std::string& key, const Accelerator
 std::string probe_kvm(const QemuDriver& driver, const TemplateImage& image,
                       const fs::path& runtime_root) {
     RuntimeDir dir = RuntimeDir::create(runtime_root, "kvm-probe");
-    MachineSpec spec{.id = dir.id(), .vcpus = 1, .memory_mib = 256, .accel = Accelerator::kvm,
-                     .kernel = image.kernel, .initrd = image.initrd,
-                     .kernel_args = "holt.probe=1", .runtime_dir = dir.path()};
+    MachineSpec spec{.id = dir.id(),
+                     .vcpus = 1,
+                     .memory_mib = 256,
+                     .accel = Accelerator::kvm,
+                     .kernel = image.kernel,
+                     .initrd = image.initrd,
+                     .kernel_args = "holt.probe=1",
+                     .runtime_dir = dir.path()};
     auto argv = driver.command_line(spec);
-    ChildProcess qemu = ChildProcess::spawn(argv, {.output_file = dir.path() / "qemu.log",
-                                                   .die_with_parent = true});
+    ChildProcess qemu = ChildProcess::spawn(
+        argv, {.output_file = dir.path() / "qemu.log", .die_with_parent = true});
     auto deadline = std::chrono::steady_clock::now() + kProbeTimeout;
     fs::path console = dir.path() / "console.log";
     while (std::chrono::steady_clock::now() < deadline) {
@@ -145,10 +150,9 @@ AcceleratorChoice choose_accelerator(AcceleratorMode mode, const QemuDriver& dri
     }
     std::string failure = probe_kvm(driver, probe_image, runtime_root);
     AcceleratorChoice choice =
-        failure.empty()
-            ? AcceleratorChoice{Accelerator::kvm, "KVM boots the guest kernel"}
-            : AcceleratorChoice{Accelerator::tcg, "/dev/kvm exists but cannot run the guest: " +
-                                                      failure};
+        failure.empty() ? AcceleratorChoice{Accelerator::kvm, "KVM boots the guest kernel"}
+                        : AcceleratorChoice{Accelerator::tcg,
+                                            "/dev/kvm exists but cannot run the guest: " + failure};
     write_cache(cache_file, key, choice);
     return choice;
 }

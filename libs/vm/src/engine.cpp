@@ -1,8 +1,8 @@
 #include "holt/vm/engine.hpp"
 
+#include <fcntl.h>
 #include <sys/file.h>
 #include <sys/random.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <ctime>
@@ -49,7 +49,7 @@ std::string file_stamp(const fs::path& path) {
 // Holds an exclusive flock on a file for as long as it lives: serialises the making of one
 // template snapshot across processes.
 class FileLock {
-public:
+  public:
     explicit FileLock(const fs::path& path) {
         fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
         if (fd_ < 0 || ::flock(fd_, LOCK_EX) != 0) {
@@ -60,7 +60,7 @@ public:
     FileLock(const FileLock&) = delete;
     FileLock& operator=(const FileLock&) = delete;
 
-private:
+  private:
     int fd_ = -1;
 };
 
@@ -187,9 +187,8 @@ AcceleratorChoice Engine::accelerator(const std::string& probe_template) {
 
 std::vector<std::string> Engine::sweep_stale_vms() {
     std::vector<std::string> removed;
-    for (const auto& id : RuntimeDir::sweep_stale(vms_dir(), [&](const fs::path& dir) {
-             remove_recorded_layers(dir, layers_dir());
-         })) {
+    for (const auto& id : RuntimeDir::sweep_stale(
+             vms_dir(), [&](const fs::path& dir) { remove_recorded_layers(dir, layers_dir()); })) {
         holt::log::get("vm")->info("vm={} removed: left behind by a process that died", id);
         removed.push_back(id);
     }
@@ -243,15 +242,15 @@ std::shared_ptr<Snapshot> Engine::template_snapshot(const VmOptions& options) {
     std::string name = options.template_name + "-" + std::to_string(options.vcpus) + "cpu-" +
                        std::to_string(options.memory_mib) + "m";
     // Everything the saved guest depends on; a snapshot made from anything else is stale.
-    std::string key = "format=" + std::to_string(kSnapshotFormat) +
-                      ";recipe=" + image.recipe_hash + ";kernel=" + image.kernel.string() +
-                      ";initrd=" + image.initrd.string() + "@" + file_stamp(image.initrd) +
-                      ";accel=" + to_string(accel) +
+    std::string key = "format=" + std::to_string(kSnapshotFormat) + ";recipe=" + image.recipe_hash +
+                      ";kernel=" + image.kernel.string() + ";initrd=" + image.initrd.string() +
+                      "@" + file_stamp(image.initrd) + ";accel=" + to_string(accel) +
                       ";qemu=" + file_stamp(driver_.command_line(MachineSpec{}).front()) +
                       ";args=" + driver_.base_kernel_args(accel) + " " + options.extra_kernel_args;
 
     std::lock_guard lock(templates_mutex_);
-    if (auto it = templates_.find(name); it != templates_.end() && it->second->manifest().key == key) {
+    if (auto it = templates_.find(name);
+        it != templates_.end() && it->second->manifest().key == key) {
         return it->second;
     }
     fs::path root = options_.data_dir / "snapshots" / "templates";
@@ -295,8 +294,9 @@ std::shared_ptr<Snapshot> Engine::make_template_snapshot(const VmOptions& option
 
     return with_context("make template snapshot " + dir.filename().string(), [&] {
         RuntimeDir runtime = RuntimeDir::create(vms_dir(), "tpl");
-        with_context("create disk overlay",
-                     [&] { create_overlay(image.rootfs, image.rootfs_format, tmp / "disk.qcow2"); });
+        with_context("create disk overlay", [&] {
+            create_overlay(image.rootfs, image.rootfs_format, tmp / "disk.qcow2");
+        });
         MachineSpec spec{
             .id = runtime.id(),
             .vcpus = options.vcpus,
@@ -347,8 +347,8 @@ std::unique_ptr<Vm> Engine::restore(const std::shared_ptr<Snapshot>& snapshot,
     std::string id = dir.id();
     return with_context("restore " + id + " from snapshot " + m.source, [&] {
         fs::create_directories(layers_dir());
-        auto root = std::make_shared<DiskLayer>(layers_dir() / new_layer_name(id),
-                                                snapshot->disk(), false);
+        auto root =
+            std::make_shared<DiskLayer>(layers_dir() / new_layer_name(id), snapshot->disk(), false);
         with_context("create disk overlay",
                      [&] { fs::copy_file(empty_overlay(*snapshot), root->path()); });
         MachineSpec spec{
@@ -380,17 +380,17 @@ std::unique_ptr<Vm> Engine::restore(const std::shared_ptr<Snapshot>& snapshot,
         // guest runs anything for its user.
         with_context("set guest clock", [&] { agent->set_time(std::chrono::system_clock::now()); });
         std::array<std::byte, kEntropyBytes> entropy{};
-        if (::getrandom(entropy.data(), entropy.size(), 0) != static_cast<ssize_t>(entropy.size())) {
+        if (::getrandom(entropy.data(), entropy.size(), 0) !=
+            static_cast<ssize_t>(entropy.size())) {
             throw_errno("getrandom");
         }
         with_context("reseed guest RNG", [&] { agent->add_entropy(entropy); });
 
         holt::log::get("vm")->info("vm={} restored from {} in {} ms", id, m.source,
                                    elapsed_ms(started));
-        return std::make_unique<Vm>(std::move(dir),
-                                    template_name.empty() ? m.template_name : template_name,
-                                    std::move(spec), std::move(root), std::move(machine),
-                                    std::move(agent));
+        return std::make_unique<Vm>(
+            std::move(dir), template_name.empty() ? m.template_name : template_name,
+            std::move(spec), std::move(root), std::move(machine), std::move(agent));
     });
 }
 
@@ -402,8 +402,8 @@ std::shared_ptr<Snapshot> Engine::save_running(Vm& vm, bool resume) {
         auto& machine = *vm.machine_;
         machine.pause();
         if (resume) {
-            auto next = std::make_shared<DiskLayer>(layers_dir() / new_layer_name(vm.id()),
-                                                    frozen, false);
+            auto next =
+                std::make_shared<DiskLayer>(layers_dir() / new_layer_name(vm.id()), frozen, false);
             machine.switch_disk_overlay(kRootDisk, next->path());
             vm.root_disk_ = next;
             record_disk_chain(vm.runtime_dir(), next);

@@ -1,9 +1,8 @@
 #include "holt/vm/image_store.hpp"
 
+#include <algorithm>
 #include <boost/json/parse.hpp>
 #include <boost/json/value.hpp>
-
-#include <algorithm>
 #include <fstream>
 #include <iterator>
 #include <set>
@@ -62,8 +61,8 @@ TemplateImage ImageStore::get(const std::string& name) const {
     if (!fs::exists(manifest_path)) {
         auto known = templates();
         if (std::find(known.begin(), known.end(), name) == known.end()) {
-            throw Error("unknown template \"" + name + "\" (known templates: " +
-                        (known.empty() ? "none" : join(known)) + ")");
+            throw Error("unknown template \"" + name +
+                        "\" (known templates: " + (known.empty() ? "none" : join(known)) + ")");
         }
         throw Error("template \"" + name + "\" is not built yet: run `holt-vm images build " +
                     name + "` (or `make up`)");
@@ -79,8 +78,8 @@ TemplateImage ImageStore::get(const std::string& name) const {
         const json::object& manifest = parsed.as_object();
         const json::value* format = manifest.if_contains("format");
         if (!format || !format->is_int64() || format->as_int64() != kManifestFormat) {
-            throw Error("unsupported manifest format (expected " +
-                        std::to_string(kManifestFormat) + "); rebuild the image");
+            throw Error("unsupported manifest format (expected " + std::to_string(kManifestFormat) +
+                        "); rebuild the image");
         }
         TemplateImage image{
             .name = name,
@@ -91,9 +90,9 @@ TemplateImage ImageStore::get(const std::string& name) const {
             .kernel_version = string_field(manifest, "kernel_version"),
             .recipe_hash = string_field(manifest, "recipe_hash"),
         };
-        for (const auto& [what, path] : {std::pair{"kernel", image.kernel},
-                                         std::pair{"initrd", image.initrd},
-                                         std::pair{"root filesystem", image.rootfs}}) {
+        for (const auto& [what, path] :
+             {std::pair{"kernel", image.kernel}, std::pair{"initrd", image.initrd},
+              std::pair{"root filesystem", image.rootfs}}) {
             if (!fs::exists(path)) {
                 throw Error(std::string(what) + " " + path.string() +
                             " is missing; rebuild with `holt-vm images build " + name + "`");
@@ -117,8 +116,8 @@ void ImageStore::build(const std::vector<std::string>& names, const fs::path& ag
             throw Error("unknown template \"" + name + "\" (known templates: " + join(known) + ")");
         }
     }
-    std::vector<std::string> argv = {"/bin/bash", script.string(), "--data-dir", data_dir_.string(),
-                                     "--agent", agent.string()};
+    std::vector<std::string> argv = {"/bin/bash",        script.string(), "--data-dir",
+                                     data_dir_.string(), "--agent",       agent.string()};
     argv.insert(argv.end(), names.begin(), names.end());
     CommandResult result = run_command(argv, /*capture=*/false);
     if (!result.status.success()) {

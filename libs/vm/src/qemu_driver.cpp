@@ -6,11 +6,11 @@
 #include <boost/json/array.hpp>
 #include <csignal>
 #include <deque>
-#include <map>
-#include <thread>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <sstream>
+#include <thread>
 
 #include "holt/common/child_process.hpp"
 #include "holt/common/error.hpp"
@@ -49,7 +49,7 @@ std::string memory_backend_arg(const MachineSpec& spec) {
 }
 
 class UniqueFd {
-public:
+  public:
     explicit UniqueFd(int fd) : fd_(fd) {}
     ~UniqueFd() {
         if (fd_ >= 0) {
@@ -60,12 +60,12 @@ public:
     UniqueFd& operator=(const UniqueFd&) = delete;
     int get() const { return fd_; }
 
-private:
+  private:
     int fd_;
 };
 
 class QemuMachine : public Machine {
-public:
+  public:
     QemuMachine(MachineSpec spec, ChildProcess process)
         : spec_(std::move(spec)), process_(std::move(process)) {}
 
@@ -76,7 +76,8 @@ public:
         for (;;) {
             try {
                 qmp_.emplace(QmpClient::connect(
-                    qmp_socket(), std::min(deadline, Clock::now() + std::chrono::milliseconds(200))));
+                    qmp_socket(),
+                    std::min(deadline, Clock::now() + std::chrono::milliseconds(200))));
                 return;
             } catch (const Error& e) {
                 if (!process_.running()) {
@@ -91,9 +92,7 @@ public:
 
     const MachineSpec& spec() const override { return spec_; }
     std::filesystem::path agent_socket() const override { return spec_.runtime_dir / "agent.sock"; }
-    std::filesystem::path console_log() const override {
-        return spec_.runtime_dir / "console.log";
-    }
+    std::filesystem::path console_log() const override { return spec_.runtime_dir / "console.log"; }
     std::filesystem::path qmp_socket() const { return spec_.runtime_dir / "qmp.sock"; }
     std::filesystem::path qemu_log() const { return spec_.runtime_dir / "qemu.log"; }
 
@@ -168,17 +167,15 @@ public:
 
     void switch_disk_overlay(const std::string& disk_id,
                              const std::filesystem::path& overlay) override {
-        with_context("switch disk " + disk_id + " of " + spec_.id + " to " + overlay.string(),
-                     [&] {
-                         qmp().execute("blockdev-snapshot-sync",
-                                       {{"node-name", current_node(disk_id)},
-                                        {"snapshot-file", overlay.string()},
-                                        {"snapshot-node-name", next_node(disk_id)},
-                                        {"format", "qcow2"}});
-                     });
+        with_context("switch disk " + disk_id + " of " + spec_.id + " to " + overlay.string(), [&] {
+            qmp().execute("blockdev-snapshot-sync", {{"node-name", current_node(disk_id)},
+                                                     {"snapshot-file", overlay.string()},
+                                                     {"snapshot-node-name", next_node(disk_id)},
+                                                     {"format", "qcow2"}});
+        });
     }
 
-private:
+  private:
     void set_ignore_shared(bool on) {
         qmp().execute("migrate-set-capabilities",
                       {{"capabilities",
@@ -302,6 +299,8 @@ std::string QemuDriver::base_kernel_args(Accelerator accel) const {
 
 std::vector<std::string> QemuDriver::command_line(const MachineSpec& spec) const {
     const auto& run = spec.runtime_dir;
+    // One flag and its value per line.
+    // clang-format off
     std::vector<std::string> argv = {
         options_.qemu_binary,
         "-name", spec.id,
@@ -324,6 +323,7 @@ std::vector<std::string> QemuDriver::command_line(const MachineSpec& spec) const
         "-device", "virtio-rng-device",
         "-qmp", "unix:" + (run / "qmp.sock").string() + ",server=on,wait=off",
     };
+    // clang-format on
     if (spec.incoming) {
         argv.insert(argv.end(), {"-incoming", "defer"});
     }

@@ -1,12 +1,12 @@
 #include "holt/vm/qmp_client.hpp"
 
-#include <boost/json/parse.hpp>
-#include <boost/json/serialize.hpp>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
 #include <cerrno>
 #include <cstring>
 #include <thread>
@@ -60,8 +60,8 @@ QmpClient QmpClient::connect(const std::filesystem::path& socket, Clock::time_po
     if (!greeting.contains("QMP")) {
         throw Error("QMP greeting expected, got: " + json::serialize(greeting));
     }
-    client.execute("qmp_capabilities", {}, std::chrono::duration_cast<std::chrono::milliseconds>(
-                                               deadline - Clock::now()));
+    client.execute("qmp_capabilities", {},
+                   std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
     return client;
 }
 
@@ -196,9 +196,8 @@ json::object QmpClient::read_message(Clock::time_point deadline) {
 json::value QmpClient::await_reply(const std::string& command, std::uint64_t id,
                                    Clock::time_point deadline) {
     for (;;) {
-        json::object message = with_context("QMP " + command, [&] {
-            return read_message(deadline);
-        });
+        json::object message =
+            with_context("QMP " + command, [&] { return read_message(deadline); });
         if (message.contains("event")) {
             events_.push_back(std::move(message));
             continue;

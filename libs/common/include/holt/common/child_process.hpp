@@ -13,8 +13,8 @@ namespace holt {
 
 // How a child process ended.
 struct ExitStatus {
-    int exit_code = 0;     // valid when signal == 0
-    int signal = 0;        // the signal that killed it, or 0
+    int exit_code = 0;  // valid when signal == 0
+    int signal = 0;     // the signal that killed it, or 0
     bool success() const { return signal == 0 && exit_code == 0; }
     std::string describe() const;  // "exit code 3", "killed by signal 9 (Killed)"
 };
@@ -30,7 +30,7 @@ struct SpawnOptions {
 // A long-running child process, such as a QEMU. The destructor kills and reaps it if it is still
 // running, so no path leaves it behind.
 class ChildProcess {
-public:
+  public:
     static ChildProcess spawn(const std::vector<std::string>& argv, const SpawnOptions& options);
 
     ChildProcess(ChildProcess&&) noexcept;
@@ -47,7 +47,7 @@ public:
     void kill_and_wait();
     std::optional<ExitStatus> exit_status() const { return status_; }
 
-private:
+  private:
     ChildProcess() = default;
     pid_t pid_ = -1;
     std::optional<ExitStatus> status_;

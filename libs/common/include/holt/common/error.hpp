@@ -11,7 +11,7 @@ namespace holt {
 // names the step that failed and the object it failed on, outermost first:
 //   "boot vm-3f2a: wait for agent: no answer after 30s; last console lines: ..."
 class Error : public std::runtime_error {
-public:
+  public:
     using std::runtime_error::runtime_error;
 };
 

@@ -16,7 +16,7 @@ AcceleratorMode parse_accelerator_mode(const std::string& text);  // "auto", "kv
 
 struct AcceleratorChoice {
     Accelerator accel = Accelerator::tcg;
-    std::string reason;  // why, for the log: "KVM boots the guest", "/dev/kvm is absent", ...
+    std::string reason;   // why, for the log: "KVM boots the guest", "/dev/kvm is absent", ...
     bool cached = false;  // decided by an earlier probe on this host
 };
 

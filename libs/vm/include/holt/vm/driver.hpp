@@ -13,7 +13,7 @@ namespace holt::vm {
 // A started VM as its driver sees it: a hypervisor process with a console and an agent channel.
 // Destroying a Machine kills its hypervisor process if it is still running.
 class Machine {
-public:
+  public:
     virtual ~Machine() = default;
 
     virtual const MachineSpec& spec() const = 0;
@@ -50,7 +50,7 @@ public:
 // Starts VMs on one kind of hypervisor. The QEMU driver is the first; others (Firecracker) can
 // sit behind the same interface.
 class Driver {
-public:
+  public:
     virtual ~Driver() = default;
     virtual std::string name() const = 0;
     // Starts the hypervisor for `spec` and returns once it runs the guest. Booting the guest to a

@@ -47,7 +47,7 @@ struct VmOptions {
 // process, sockets, logs, its writable disk layer); destroying it kills the VM and removes them.
 // Disk layers it stands on that snapshots or other VMs still use stay until they let go.
 class Vm {
-public:
+  public:
     Vm(RuntimeDir dir, std::string template_name, MachineSpec spec,
        std::shared_ptr<DiskLayer> root_disk, std::unique_ptr<Machine> machine,
        std::unique_ptr<AgentClient> agent);
@@ -70,7 +70,7 @@ public:
     // Kills the VM at once and removes its files.
     void kill();
 
-private:
+  private:
     friend class Engine;
 
     RuntimeDir dir_;
@@ -87,7 +87,7 @@ private:
 // waits for its agent and saves a template snapshot whose RAM is a file; every create then
 // restores that snapshot into a fresh disk overlay, mapping the RAM file copy-on-write.
 class Engine {
-public:
+  public:
     explicit Engine(EngineOptions options);
 
     ImageStore& images() { return images_; }
@@ -127,7 +127,7 @@ public:
     // Removes the runtime directories (and hypervisors) of VMs whose owner process died.
     std::vector<std::string> sweep_stale_vms();
 
-private:
+  private:
     std::filesystem::path run_dir() const;
     std::unique_ptr<AgentClient> wait_for_agent(Machine& machine,
                                                 std::chrono::steady_clock::time_point deadline);

@@ -20,7 +20,7 @@ struct TemplateImage {
 
 // Finds, checks and builds guest templates in a data directory.
 class ImageStore {
-public:
+  public:
     // `data_dir` holds built images; `recipes_dir` holds the recipes (infra/images).
     ImageStore(std::filesystem::path data_dir, std::filesystem::path recipes_dir);
 
@@ -37,7 +37,7 @@ public:
 
     const std::filesystem::path& recipes_dir() const { return recipes_dir_; }
 
-private:
+  private:
     std::filesystem::path images_dir() const { return data_dir_ / "images"; }
 
     std::filesystem::path data_dir_;

@@ -12,8 +12,8 @@ const char* to_string(Accelerator accel);
 
 // A disk attached to a VM, in the order the guest sees them (/dev/vda, /dev/vdb, ...).
 struct DiskSpec {
-    std::string id;                // device id inside QEMU ("root", "vol-..."), stable across restore
-    std::filesystem::path path;    // image file on the host
+    std::string id;              // device id inside QEMU ("root", "vol-..."), stable across restore
+    std::filesystem::path path;  // image file on the host
     std::string format = "qcow2";  // "qcow2" or "raw"
     bool read_only = false;
 };

@@ -24,7 +24,7 @@ struct QemuDriverOptions {
 // Files in the VM's runtime directory: qmp.sock (QMP), agent.sock (the agent's virtio-serial
 // port "agent.0"), console.log (the guest's serial console), qemu.log (QEMU's own output).
 class QemuDriver : public Driver {
-public:
+  public:
     explicit QemuDriver(QemuDriverOptions options = {});
 
     std::string name() const override { return "qemu-microvm"; }
@@ -36,7 +36,7 @@ public:
     // The kernel arguments every guest gets, before MachineSpec::kernel_args.
     std::string base_kernel_args(Accelerator accel) const;
 
-private:
+  private:
     QemuDriverOptions options_;
 };
 

@@ -2,7 +2,6 @@
 
 #include <boost/json/object.hpp>
 #include <boost/json/value.hpp>
-
 #include <chrono>
 #include <filesystem>
 #include <string>
@@ -14,7 +13,7 @@ namespace holt::vm {
 // per command out, with asynchronous events interleaved. Every call has a deadline; a QEMU that
 // stops answering yields a holt::Error, never a hang. Not thread-safe: one owner drives it.
 class QmpClient {
-public:
+  public:
     using Clock = std::chrono::steady_clock;
 
     // Connects to `socket` (retrying while QEMU creates it) and negotiates capabilities.
@@ -38,7 +37,7 @@ public:
     // Events received so far (STOP, RESUME, SHUTDOWN, ...), oldest first; clears the list.
     std::vector<boost::json::object> take_events();
 
-private:
+  private:
     explicit QmpClient(int fd);
 
     void send_line(const std::string& line, int pass_fd);

@@ -12,7 +12,7 @@ namespace holt::vm {
 // directory is in use; destroying the RuntimeDir removes the directory and everything in it.
 // A directory whose lock nobody holds was left by a process that died; sweep_stale() removes it.
 class RuntimeDir {
-public:
+  public:
     // Creates RUNTIME_ROOT/<prefix>-<8 random hex digits>, mode 0700, and locks it.
     static RuntimeDir create(const std::filesystem::path& runtime_root, const std::string& prefix);
 
@@ -35,7 +35,7 @@ public:
         const std::filesystem::path& runtime_root,
         const std::function<void(const std::filesystem::path&)>& before_remove = {});
 
-private:
+  private:
     RuntimeDir(std::string id, std::filesystem::path path, int lock_fd);
     void release();
 

@@ -34,7 +34,7 @@ inline constexpr int kSnapshotFormat = 1;
 // the VM writing to it, or a snapshot or VM whose layers stack on it. Ephemeral layers are
 // deleted when the last user lets go; persistent ones (template snapshots) are not.
 class DiskLayer {
-public:
+  public:
     DiskLayer(std::filesystem::path path, std::shared_ptr<DiskLayer> backing, bool persistent);
     ~DiskLayer();
     DiskLayer(const DiskLayer&) = delete;
@@ -43,7 +43,7 @@ public:
     const std::filesystem::path& path() const { return path_; }
     const std::shared_ptr<DiskLayer>& backing() const { return backing_; }
 
-private:
+  private:
     std::filesystem::path path_;
     std::shared_ptr<DiskLayer> backing_;
     bool persistent_;
@@ -51,8 +51,8 @@ private:
 
 struct SnapshotManifest {
     int format = kSnapshotFormat;
-    std::string kind;    // "template" or "vm"
-    std::string source;  // template name or VM id
+    std::string kind;           // "template" or "vm"
+    std::string source;         // template name or VM id
     std::string template_name;  // the template the VM was first made from
     std::string key;
     int vcpus = 1;
@@ -68,7 +68,7 @@ struct SnapshotManifest {
 // A restorable image of a VM at one moment. Restores need its state file only while they load
 // it, and its disk layer for as long as they run (they hold the layer, not the snapshot).
 class Snapshot {
-public:
+  public:
     Snapshot(std::filesystem::path dir, SnapshotManifest manifest, std::shared_ptr<DiskLayer> disk,
              bool persistent);
     ~Snapshot();
@@ -90,7 +90,7 @@ public:
     // Writes snapshot.json into `dir` atomically; call last, once every other file is complete.
     static void write_manifest(const std::filesystem::path& dir, const SnapshotManifest& manifest);
 
-private:
+  private:
     std::filesystem::path dir_;
     SnapshotManifest manifest_;
     std::shared_ptr<DiskLayer> disk_;
