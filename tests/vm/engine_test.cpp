@@ -4,8 +4,11 @@
 
 #include "holt/vm/engine.hpp"
 
+#include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -251,6 +254,70 @@ TEST(VmIsolationTest, TheCodeInterpreterTemplateHasPythonWithNumpy) {
     auto vm = engine().create({.template_name = "code-interpreter"});
     auto result = vm->agent().run(shell("python3 -c 'import numpy, pandas; print(6*7)'"));
     EXPECT_EQ(result.stdout_data, "42\n") << result.stderr_data;
+}
+
+// Reads what a connected socket sends until it closes.
+std::string read_all(int fd) {
+    std::string data;
+    char buffer[4096];
+    ssize_t n;
+    while ((n = ::read(fd, buffer, sizeof(buffer))) > 0) {
+        data.append(buffer, static_cast<std::size_t>(n));
+    }
+    return data;
+}
+
+TEST(VmNetworkTest, AServerInTheGuestAnswersTheHostButTheGuestCannotReachTheHostOrAnotherVm) {
+    auto vm = engine().create({.template_name = "code-interpreter", .network = NetworkPolicy{}});
+    auto other = engine().create({.template_name = "code-interpreter", .network = NetworkPolicy{}});
+    ASSERT_NE(vm->network(), nullptr);
+    ExecRequest server =
+        shell("cd /tmp && echo hello-from-guest > index.html && exec python3 -m http.server 8080");
+    server.background = true;
+    vm->agent().start(server, {});
+
+    std::string response;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(90);
+    while (response.find("hello-from-guest") == std::string::npos &&
+           std::chrono::steady_clock::now() < deadline) {
+        try {
+            int fd = vm->network()->connect_tcp(8080, std::chrono::seconds(2));
+            std::string request = "GET /index.html HTTP/1.0\r\n\r\n";
+            ASSERT_EQ(::write(fd, request.data(), request.size()),
+                      static_cast<ssize_t>(request.size()));
+            response = read_all(fd);
+            ::close(fd);
+        } catch (const Error&) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(250));  // still starting
+        }
+    }
+    EXPECT_THAT(response, HasSubstr("200 OK"));
+    EXPECT_THAT(response, HasSubstr("hello-from-guest"));
+
+    // A service on the host that no VM was given access to, and the other VM's links.
+    int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    ASSERT_EQ(::listen(listener, 4), 0);
+    socklen_t len = sizeof(addr);
+    ::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
+    std::string port = std::to_string(ntohs(addr.sin_port));
+    std::string targets = vm->network()->host_link_address() + " " +
+                          other->network()->host_link_address() + " " +
+                          other->network()->namespace_link_address() + " " + kGuestGateway;
+    auto probe =
+        vm->agent().run(shell("python3 -c 'import socket, sys\n"
+                              "for a in sys.argv[2:]:\n"
+                              "    try:\n"
+                              "        socket.create_connection((a, int(sys.argv[1])), timeout=3); "
+                              "print(\"reached\", a)\n"
+                              "    except OSError:\n"
+                              "        print(\"blocked\", a)' " +
+                              port + " " + targets));
+    ::close(listener);
+    EXPECT_THAT(probe.stdout_data, HasSubstr("blocked " + vm->network()->host_link_address()));
+    EXPECT_THAT(probe.stdout_data, ::testing::Not(HasSubstr("reached"))) << probe.stderr_data;
 }
 
 TEST(VmBadInputTest, AnUnknownTemplateIsNamedAndNothingIsCreated) {

@@ -60,6 +60,19 @@ TEST(QemuDriverTest, MachineIsAMicrovmThatExitsInsteadOfRebooting) {
     EXPECT_EQ(value_after(argv, "-display"), "none");
 }
 
+TEST(QemuDriverTest, AVmWithANetworkNamespaceGetsTheGuestNicAndItsKernelParameter) {
+    auto without = QemuDriver({.tsc_khz = 1}).command_line(spec_for(Accelerator::tcg));
+    EXPECT_THAT(without, ::testing::Not(Contains("-netdev")));
+    EXPECT_THAT(value_after(without, "-append"), ::testing::Not(HasSubstr("holt.net=")));
+
+    MachineSpec spec = spec_for(Accelerator::tcg);
+    spec.netns_fd = 7;
+    auto argv = QemuDriver({.tsc_khz = 1}).command_line(spec);
+    EXPECT_EQ(value_after(argv, "-netdev"), "tap,id=net0,ifname=tap0,script=no,downscript=no");
+    EXPECT_THAT(argv, Contains("virtio-net-device,netdev=net0,mac=02:68:6f:6c:74:02"));
+    EXPECT_THAT(value_after(argv, "-append"), HasSubstr("holt.net=10.200.0.2/30,10.200.0.1"));
+}
+
 TEST(QemuDriverTest, SocketsAndLogsLiveInTheRuntimeDirectory) {
     auto argv = QemuDriver({.tsc_khz = 1}).command_line(spec_for(Accelerator::tcg));
     EXPECT_EQ(value_after(argv, "-qmp"), "unix:/run/x/qmp.sock,server=on,wait=off");

@@ -1,5 +1,6 @@
 #include "holt/common/child_process.hpp"
 
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 
@@ -31,15 +32,22 @@ ExitStatus status_from_wait(int raw) {
     return status;
 }
 
-// Kills the child when the spawning thread goes away (see SpawnOptions::die_with_parent).
-struct DieWithParent : bp::extend::handler {
+// What the child does between fork and exec (see SpawnOptions).
+struct ChildSetup : bp::extend::handler {
+    bool die_with_parent = false;
+    int network_namespace_fd = -1;
+
     template <typename Executor>
-    void on_exec_setup(Executor&) const {
-        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    void on_exec_setup(Executor& exec) const {
+        if (die_with_parent) {
+            ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        }
+        if (network_namespace_fd >= 0 && ::setns(network_namespace_fd, CLONE_NEWNET) != 0) {
+            exec.set_error(std::error_code(errno, std::system_category()),
+                           "enter network namespace");
+        }
     }
 };
-
-struct NoOp : bp::extend::handler {};
 
 // argv[0] as a path: looked up in PATH unless it names a file already.
 std::string executable(const std::string& name) {
@@ -81,8 +89,9 @@ ChildProcess ChildProcess::spawn(const std::vector<std::string>& argv,
         throw Error("spawn: empty command");
     }
     try {
-        bp::child child = options.die_with_parent ? launch(argv, options, DieWithParent{})
-                                                  : launch(argv, options, NoOp{});
+        bp::child child = launch(argv, options,
+                                 ChildSetup{.die_with_parent = options.die_with_parent,
+                                            .network_namespace_fd = options.network_namespace_fd});
         ChildProcess process;
         process.pid_ = child.id();
         // We reap it ourselves with waitpid from here on.

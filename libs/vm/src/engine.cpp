@@ -111,12 +111,13 @@ void create_overlay(const fs::path& base, const std::string& base_format, const 
 }
 
 Vm::Vm(RuntimeDir dir, std::string template_name, MachineSpec spec,
-       std::shared_ptr<DiskLayer> root_disk, std::unique_ptr<Machine> machine,
-       std::unique_ptr<AgentClient> agent)
+       std::shared_ptr<DiskLayer> root_disk, std::optional<VmNetwork> network,
+       std::unique_ptr<Machine> machine, std::unique_ptr<AgentClient> agent)
     : dir_(std::move(dir)),
       template_name_(std::move(template_name)),
       spec_(std::move(spec)),
       root_disk_(std::move(root_disk)),
+      network_(std::move(network)),
       machine_(std::move(machine)),
       agent_(std::move(agent)) {
     record_disk_chain(dir_.path(), root_disk_);
@@ -186,12 +187,15 @@ AcceleratorChoice Engine::accelerator(const std::string& probe_template) {
 }
 
 std::vector<std::string> Engine::sweep_stale_vms() {
-    std::vector<std::string> removed;
-    for (const auto& id : RuntimeDir::sweep_stale(
-             vms_dir(), [&](const fs::path& dir) { remove_recorded_layers(dir, layers_dir()); })) {
+    std::vector<std::string> removed = RuntimeDir::sweep_stale(
+        vms_dir(), [&](const fs::path& dir) { remove_recorded_layers(dir, layers_dir()); });
+    for (const auto& id : removed) {
         holt::log::get("vm")->info("vm={} removed: left behind by a process that died", id);
-        removed.push_back(id);
     }
+    // A VM's network belongs to a live VM exactly when that VM's runtime directory is still
+    // here (the sweep above removed the dead ones). This assumes one run directory per host.
+    VmNetwork::sweep_stale([&](const std::string& id) { return fs::exists(vms_dir() / id); },
+                           options_.network);
     return removed;
 }
 
@@ -219,6 +223,11 @@ std::unique_ptr<Vm> Engine::boot(const VmOptions& options) {
             .disks = {DiskSpec{.id = kRootDisk, .path = root->path(), .format = "qcow2"}},
             .runtime_dir = dir.path(),
         };
+        std::optional<VmNetwork> network;
+        if (options.network) {
+            network = VmNetwork::create(id, *options.network, options_.network);
+            spec.netns_fd = network->netns_fd();
+        }
         std::unique_ptr<Machine> machine = driver_.start(spec);
         dir.record_hypervisor_pid(machine->pid());
 
@@ -228,25 +237,28 @@ std::unique_ptr<Vm> Engine::boot(const VmOptions& options) {
         holt::log::get("vm")->info("vm={} booted template={} accel={} in {} ms", id,
                                    options.template_name, to_string(accel), elapsed_ms(started));
         return std::make_unique<Vm>(std::move(dir), options.template_name, std::move(spec),
-                                    std::move(root), std::move(machine), std::move(agent));
+                                    std::move(root), std::move(network), std::move(machine),
+                                    std::move(agent));
     });
 }
 
 std::unique_ptr<Vm> Engine::create(const VmOptions& options) {
-    return restore(template_snapshot(options), options.template_name);
+    return restore(template_snapshot(options), options.template_name,
+                   options.network.value_or(NetworkPolicy{}));
 }
 
 std::shared_ptr<Snapshot> Engine::template_snapshot(const VmOptions& options) {
     TemplateImage image = images_.get(options.template_name);
     Accelerator accel = accelerator(options.template_name).accel;
     std::string name = options.template_name + "-" + std::to_string(options.vcpus) + "cpu-" +
-                       std::to_string(options.memory_mib) + "m";
+                       std::to_string(options.memory_mib) + "m" + (options.network ? "-net" : "");
     // Everything the saved guest depends on; a snapshot made from anything else is stale.
     std::string key = "format=" + std::to_string(kSnapshotFormat) + ";recipe=" + image.recipe_hash +
                       ";kernel=" + image.kernel.string() + ";initrd=" + image.initrd.string() +
                       "@" + file_stamp(image.initrd) + ";accel=" + to_string(accel) +
                       ";qemu=" + file_stamp(driver_.command_line(MachineSpec{}).front()) +
-                      ";args=" + driver_.base_kernel_args(accel) + " " + options.extra_kernel_args;
+                      ";args=" + driver_.base_kernel_args(accel) + " " + options.extra_kernel_args +
+                      ";network=" + (options.network ? "yes" : "no");
 
     std::lock_guard lock(templates_mutex_);
     if (auto it = templates_.find(name);
@@ -309,6 +321,13 @@ std::shared_ptr<Snapshot> Engine::make_template_snapshot(const VmOptions& option
             .memory = {.file = tmp / "memory", .shared = true},
             .runtime_dir = runtime.path(),
         };
+        // The NIC is part of the saved device state, so a template for networked VMs boots with
+        // one (in a throwaway namespace; clones get their own).
+        std::optional<VmNetwork> network;
+        if (options.network) {
+            network = VmNetwork::create(runtime.id(), {}, options_.network);
+            spec.netns_fd = network->netns_fd();
+        }
         std::unique_ptr<Machine> machine = driver_.start(spec);
         runtime.record_hypervisor_pid(machine->pid());
         auto agent = wait_for_agent(*machine, started + options_.boot_timeout);
@@ -328,6 +347,7 @@ std::shared_ptr<Snapshot> Engine::make_template_snapshot(const VmOptions& option
             .initrd = image.initrd,
             .kernel_args = options.extra_kernel_args,
             .disk = "disk.qcow2",
+            .network = options.network.has_value(),
             .created_at = utc_now(),
         };
         Snapshot::write_manifest(tmp, manifest);
@@ -340,7 +360,7 @@ std::shared_ptr<Snapshot> Engine::make_template_snapshot(const VmOptions& option
 }
 
 std::unique_ptr<Vm> Engine::restore(const std::shared_ptr<Snapshot>& snapshot,
-                                    const std::string& template_name) {
+                                    const std::string& template_name, const NetworkPolicy& policy) {
     auto started = Clock::now();
     const SnapshotManifest& m = snapshot->manifest();
     RuntimeDir dir = RuntimeDir::create(vms_dir(), "vm");
@@ -366,6 +386,11 @@ std::unique_ptr<Vm> Engine::restore(const std::shared_ptr<Snapshot>& snapshot,
         if (snapshot->has_memory_file()) {
             spec.memory = {.file = snapshot->memory_file(), .shared = false};
         }
+        std::optional<VmNetwork> network;
+        if (m.network) {
+            network = VmNetwork::create(id, policy, options_.network);
+            spec.netns_fd = network->netns_fd();
+        }
         auto logger = holt::log::get("vm");
         logger->debug("vm={} restore: overlay ready after {} ms", id, elapsed_ms(started));
         std::unique_ptr<Machine> machine = driver_.start(spec);
@@ -388,9 +413,10 @@ std::unique_ptr<Vm> Engine::restore(const std::shared_ptr<Snapshot>& snapshot,
 
         holt::log::get("vm")->info("vm={} restored from {} in {} ms", id, m.source,
                                    elapsed_ms(started));
-        return std::make_unique<Vm>(
-            std::move(dir), template_name.empty() ? m.template_name : template_name,
-            std::move(spec), std::move(root), std::move(machine), std::move(agent));
+        return std::make_unique<Vm>(std::move(dir),
+                                    template_name.empty() ? m.template_name : template_name,
+                                    std::move(spec), std::move(root), std::move(network),
+                                    std::move(machine), std::move(agent));
     });
 }
 
@@ -424,6 +450,7 @@ std::shared_ptr<Snapshot> Engine::save_running(Vm& vm, bool resume) {
             .initrd = vm.spec_.initrd,
             .kernel_args = vm.spec_.kernel_args,
             .disk = frozen->path(),
+            .network = vm.spec_.netns_fd >= 0,
             .created_at = utc_now(),
         };
         Snapshot::write_manifest(dir, manifest);

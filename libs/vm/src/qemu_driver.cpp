@@ -15,6 +15,7 @@
 #include "holt/common/child_process.hpp"
 #include "holt/common/error.hpp"
 #include "holt/common/log.hpp"
+#include "holt/vm/network.hpp"
 #include "holt/vm/qmp_client.hpp"
 
 namespace holt::vm {
@@ -314,6 +315,7 @@ std::vector<std::string> QemuDriver::command_line(const MachineSpec& spec) const
         "-kernel", spec.kernel.string(),
         "-initrd", spec.initrd.string(),
         "-append", base_kernel_args(spec.accel) +
+                       (spec.netns_fd >= 0 ? " " + VmNetwork::kernel_arg() : "") +
                        (spec.kernel_args.empty() ? "" : " " + spec.kernel_args),
         "-chardev", "file,id=console,path=" + (run / "console.log").string(),
         "-serial", "chardev:console",
@@ -324,6 +326,10 @@ std::vector<std::string> QemuDriver::command_line(const MachineSpec& spec) const
         "-qmp", "unix:" + (run / "qmp.sock").string() + ",server=on,wait=off",
     };
     // clang-format on
+    if (spec.netns_fd >= 0) {
+        auto nic = VmNetwork::qemu_args();
+        argv.insert(argv.end(), nic.begin(), nic.end());
+    }
     if (spec.incoming) {
         argv.insert(argv.end(), {"-incoming", "defer"});
     }
@@ -338,7 +344,8 @@ std::unique_ptr<Machine> QemuDriver::start(const MachineSpec& spec) {
     return with_context("start QEMU for " + spec.id, [&] {
         // A VM lives as long as its Machine object, not as long as the thread that started it;
         // VMs of a process that died are found and removed by RuntimeDir::sweep_stale().
-        SpawnOptions spawn_options{.output_file = spec.runtime_dir / "qemu.log"};
+        SpawnOptions spawn_options{.output_file = spec.runtime_dir / "qemu.log",
+                                   .network_namespace_fd = spec.netns_fd};
         auto machine = std::make_unique<QemuMachine>(
             spec, ChildProcess::spawn(command_line(spec), spawn_options));
         machine->connect_qmp();

@@ -97,6 +97,8 @@ std::shared_ptr<Snapshot> Snapshot::open(const fs::path& dir, bool persistent) {
         m.initrd = get_string(o, "initrd");
         m.kernel_args = get_string(o, "kernel_args");
         m.disk = get_string(o, "disk");
+        const json::value* network = o.if_contains("network");
+        m.network = network && network->is_bool() && network->as_bool();
         m.created_at = get_string(o, "created_at");
         fs::path disk_path = m.disk.is_absolute() ? m.disk : dir / m.disk;
 
@@ -128,6 +130,7 @@ void Snapshot::write_manifest(const fs::path& dir, const SnapshotManifest& m) {
         {"initrd", m.initrd.string()},
         {"kernel_args", m.kernel_args},
         {"disk", m.disk.string()},
+        {"network", m.network},
         {"created_at", m.created_at},
     };
     fs::path tmp = dir / ("snapshot.json.tmp." + std::to_string(::getpid()));

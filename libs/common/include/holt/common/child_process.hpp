@@ -25,6 +25,9 @@ struct SpawnOptions {
     // Kill the child when the *thread* that spawned it exits (PR_SET_PDEATHSIG). Only for
     // children that live no longer than one call on the spawning thread.
     bool die_with_parent = false;
+    // A network namespace for the child (a descriptor such as VmNetwork::netns_fd()): it enters
+    // it with setns() between fork and exec. -1: the parent's.
+    int network_namespace_fd = -1;
 };
 
 // A long-running child process, such as a QEMU. The destructor kills and reaps it if it is still

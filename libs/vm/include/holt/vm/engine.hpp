@@ -12,6 +12,7 @@
 #include "holt/vm/accelerator.hpp"
 #include "holt/vm/driver.hpp"
 #include "holt/vm/image_store.hpp"
+#include "holt/vm/network.hpp"
 #include "holt/vm/qemu_driver.hpp"
 #include "holt/vm/runtime_dir.hpp"
 #include "holt/vm/snapshot.hpp"
@@ -33,6 +34,8 @@ struct EngineOptions {
     std::chrono::milliseconds boot_timeout = std::chrono::seconds(60);
     // How long a restored VM's agent may take to answer.
     std::chrono::milliseconds restore_timeout = std::chrono::seconds(10);
+    // Host-wide settings of VM networks (uplinks for allowed egress, the link address pool).
+    HostNetworkConfig network;
 };
 
 struct VmOptions {
@@ -41,6 +44,9 @@ struct VmOptions {
     int memory_mib = 512;
     std::chrono::milliseconds boot_timeout{0};  // 0: the engine's
     std::string extra_kernel_args;
+    // Give the VM a NIC in its own network namespace (docs/networking.md), with this egress
+    // policy. Without it the VM has no network device at all.
+    std::optional<NetworkPolicy> network;
 };
 
 // A running VM with a ready agent. It owns everything the VM created on the host (hypervisor
@@ -49,8 +55,8 @@ struct VmOptions {
 class Vm {
   public:
     Vm(RuntimeDir dir, std::string template_name, MachineSpec spec,
-       std::shared_ptr<DiskLayer> root_disk, std::unique_ptr<Machine> machine,
-       std::unique_ptr<AgentClient> agent);
+       std::shared_ptr<DiskLayer> root_disk, std::optional<VmNetwork> network,
+       std::unique_ptr<Machine> machine, std::unique_ptr<AgentClient> agent);
     ~Vm();
     Vm(const Vm&) = delete;
     Vm& operator=(const Vm&) = delete;
@@ -61,6 +67,8 @@ class Vm {
     const MachineSpec& spec() const { return spec_; }
     AgentClient& agent() { return *agent_; }
     Machine& machine() { return *machine_; }
+    // The VM's network (to open connections to its ports), or nullptr when it has no NIC.
+    const VmNetwork* network() const { return network_ ? &*network_ : nullptr; }
 
     // Drops the agent connection and opens a new one, as a restarted host process would.
     AgentClient& reconnect_agent(std::chrono::milliseconds timeout = std::chrono::seconds(10));
@@ -77,6 +85,7 @@ class Vm {
     std::string template_name_;
     MachineSpec spec_;
     std::shared_ptr<DiskLayer> root_disk_;
+    std::optional<VmNetwork> network_;  // outlives the machine: QEMU must be gone first
     std::unique_ptr<Machine> machine_;
     std::unique_ptr<AgentClient> agent_;
 };
@@ -111,8 +120,10 @@ class Engine {
     std::shared_ptr<Snapshot> snapshot(Vm& vm);
     // A new VM from `snapshot`, with its processes and files as they were, the clock set to now
     // and fresh entropy.
+    // A snapshot of a VM with a NIC restores with one (egress per `policy`), one without without.
     std::unique_ptr<Vm> restore(const std::shared_ptr<Snapshot>& snapshot,
-                                const std::string& template_name = "");
+                                const std::string& template_name = "",
+                                const NetworkPolicy& policy = {});
     // `count` children of `parent`, each starting from the parent's memory, processes and files
     // at this moment. The parent runs on.
     std::vector<std::unique_ptr<Vm>> fork(Vm& parent, int count);

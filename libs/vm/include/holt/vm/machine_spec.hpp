@@ -42,6 +42,10 @@ struct MachineSpec {
     bool incoming = false;
 
     std::filesystem::path runtime_dir;  // must exist; the driver puts its files here
+
+    // The VM's network namespace (VmNetwork::netns_fd()): QEMU runs inside it and gets the guest
+    // NIC on its tap0. -1: no NIC. A snapshot restores only into a spec that has it as well.
+    int netns_fd = -1;
 };
 
 }  // namespace holt::vm

@@ -18,7 +18,7 @@
 // template,
 // key (what the snapshot was made from; a template snapshot whose key differs is stale),
 // vcpus, memory_mib, accel, kernel, initrd, kernel_args, disk (relative to the directory or
-// absolute), created_at.
+// absolute), network (whether the VM had a NIC), created_at.
 
 #include <filesystem>
 #include <memory>
@@ -62,6 +62,7 @@ struct SnapshotManifest {
     std::filesystem::path initrd;
     std::string kernel_args;
     std::filesystem::path disk = "disk.qcow2";
+    bool network = false;  // the VM had a NIC; restores need one too
     std::string created_at;
 };
 
