@@ -135,7 +135,8 @@ class Engine {
     // has to be tested); later calls return the same choice.
     AcceleratorChoice accelerator(const std::string& probe_template);
 
-    // Removes the runtime directories (and hypervisors) of VMs whose owner process died.
+    // Removes the runtime directories, disk layers, hypervisors and network namespaces of VMs
+    // whose owner process died.
     std::vector<std::string> sweep_stale_vms();
 
   private:
