@@ -257,8 +257,8 @@ std::shared_ptr<Snapshot> Engine::template_snapshot(const VmOptions& options) {
                       ";kernel=" + image.kernel.string() + ";initrd=" + image.initrd.string() +
                       "@" + file_stamp(image.initrd) + ";accel=" + to_string(accel) +
                       ";qemu=" + file_stamp(driver_.command_line(MachineSpec{}).front()) +
-                      ";args=" + driver_.base_kernel_args(accel) + " " + options.extra_kernel_args +
-                      ";network=" + (options.network ? "yes" : "no");
+                      ";machine=" + driver_.machine_signature(accel) + " " +
+                      options.extra_kernel_args + ";network=" + (options.network ? "yes" : "no");
 
     std::lock_guard lock(templates_mutex_);
     if (auto it = templates_.find(name);

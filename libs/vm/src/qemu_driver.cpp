@@ -40,6 +40,12 @@ constexpr std::int64_t kUnthrottledBytesPerSecond = std::int64_t{1} << 40;
 constexpr auto kMigrationTimeout = std::chrono::seconds(120);
 constexpr const char* kStateFdName = "holt-state";
 
+constexpr const char* kMachineType = "microvm,acpi=on,memory-backend=ram";
+
+const char* cpu_model(Accelerator accel) {
+    return accel == Accelerator::kvm ? "host" : "max";
+}
+
 std::string memory_backend_arg(const MachineSpec& spec) {
     std::string size = "size=" + std::to_string(spec.memory_mib) + "M";
     if (spec.memory.file.empty()) {
@@ -289,6 +295,10 @@ QemuDriver::QemuDriver(QemuDriverOptions options) : options_(std::move(options))
     }
 }
 
+std::string QemuDriver::machine_signature(Accelerator accel) const {
+    return std::string(kMachineType) + " -cpu " + cpu_model(accel) + " " + base_kernel_args(accel);
+}
+
 std::string QemuDriver::base_kernel_args(Accelerator accel) const {
     // panic=-1 with -no-reboot turns a guest panic into a QEMU exit, which start-up notices.
     std::string args = "console=ttyS0 quiet reboot=t panic=-1 root=/dev/vda";
@@ -305,10 +315,10 @@ std::vector<std::string> QemuDriver::command_line(const MachineSpec& spec) const
     std::vector<std::string> argv = {
         options_.qemu_binary,
         "-name", spec.id,
-        "-M", "microvm,acpi=on,memory-backend=ram",
+        "-M", kMachineType,
         "-object", memory_backend_arg(spec),
         "-accel", to_string(spec.accel),
-        "-cpu", spec.accel == Accelerator::kvm ? "host" : "max",
+        "-cpu", cpu_model(spec.accel),
         "-m", std::to_string(spec.memory_mib) + "M",
         "-smp", std::to_string(spec.vcpus),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",

@@ -36,6 +36,10 @@ class QemuDriver : public Driver {
     // The kernel arguments every guest gets, before MachineSpec::kernel_args.
     std::string base_kernel_args(Accelerator accel) const;
 
+    // What a saved VM state depends on besides its spec (machine type, CPU model, kernel
+    // arguments): a snapshot restores only into a driver with the same signature.
+    std::string machine_signature(Accelerator accel) const;
+
   private:
     QemuDriverOptions options_;
 };
