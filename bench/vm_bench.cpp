@@ -132,7 +132,7 @@ int main(int argc, char** argv) {
             }
             for (int i = 0; i < cycles; ++i) {
                 auto start = Clock::now();
-                auto hibernated = engine.hibernate(std::move(parent));
+                auto hibernated = engine.hibernate(parent);
                 hibernates.push_back(ms_since(start));
                 start = Clock::now();
                 parent = engine.wake(hibernated);

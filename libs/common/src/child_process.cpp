@@ -49,8 +49,22 @@ struct ChildSetup : bp::extend::handler {
     }
 };
 
-// argv[0] as a path: looked up in PATH unless it names a file already.
-std::string executable(const std::string& name) {
+template <typename... Extra>
+bp::child launch(const std::vector<std::string>& argv, const SpawnOptions& options,
+                 Extra&&... extra) {
+    std::vector<std::string> args(argv.begin() + 1, argv.end());
+    if (options.output_file.empty()) {
+        return bp::child(bp::exe = find_executable(argv.front()), bp::args = args,
+                         bp::std_in < bp::null, std::forward<Extra>(extra)...);
+    }
+    return bp::child(bp::exe = find_executable(argv.front()), bp::args = args,
+                     bp::std_in<bp::null, (bp::std_out & bp::std_err)> options.output_file.string(),
+                     std::forward<Extra>(extra)...);
+}
+
+}  // namespace
+
+std::string find_executable(const std::string& name) {
     if (name.find('/') != std::string::npos) {
         return name;
     }
@@ -60,21 +74,6 @@ std::string executable(const std::string& name) {
     }
     return found.string();
 }
-
-template <typename... Extra>
-bp::child launch(const std::vector<std::string>& argv, const SpawnOptions& options,
-                 Extra&&... extra) {
-    std::vector<std::string> args(argv.begin() + 1, argv.end());
-    if (options.output_file.empty()) {
-        return bp::child(bp::exe = executable(argv.front()), bp::args = args, bp::std_in < bp::null,
-                         std::forward<Extra>(extra)...);
-    }
-    return bp::child(bp::exe = executable(argv.front()), bp::args = args,
-                     bp::std_in<bp::null, (bp::std_out & bp::std_err)> options.output_file.string(),
-                     std::forward<Extra>(extra)...);
-}
-
-}  // namespace
 
 std::string ExitStatus::describe() const {
     if (signal != 0) {
@@ -176,7 +175,7 @@ CommandResult run_command(const std::vector<std::string>& argv, bool capture) {
     try {
         if (capture) {
             bp::ipstream output;
-            bp::child child(bp::exe = executable(argv.front()), bp::args = args,
+            bp::child child(bp::exe = find_executable(argv.front()), bp::args = args,
                             bp::std_in<bp::null, (bp::std_out & bp::std_err)> output);
             std::string line;
             while (std::getline(output, line)) {
@@ -186,7 +185,7 @@ CommandResult run_command(const std::vector<std::string>& argv, bool capture) {
             child.wait();
             result.status = status_from_wait(child.native_exit_code());
         } else {
-            bp::child child(bp::exe = executable(argv.front()), bp::args = args,
+            bp::child child(bp::exe = find_executable(argv.front()), bp::args = args,
                             bp::std_in < bp::null);
             child.wait();
             result.status = status_from_wait(child.native_exit_code());

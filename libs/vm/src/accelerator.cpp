@@ -13,6 +13,7 @@
 
 #include "holt/common/child_process.hpp"
 #include "holt/common/error.hpp"
+#include "holt/common/files.hpp"
 #include "holt/common/log.hpp"
 #include "holt/vm/qemu_driver.hpp"
 #include "holt/vm/runtime_dir.hpp"
@@ -29,17 +30,12 @@ constexpr auto kProbeTimeout = std::chrono::seconds(15);
 constexpr const char* kProbeOkLine = "holt-init: probe ok";
 
 std::string probe_cache_key(const QemuDriver& driver, const TemplateImage& image) {
-    auto argv = driver.command_line(MachineSpec{});
-    std::string key = argv.front();
-    std::error_code ec;
-    auto stamp = [&](const fs::path& p) {
-        auto size = fs::file_size(p, ec);
-        auto time = fs::last_write_time(p, ec).time_since_epoch().count();
-        return p.string() + ":" + std::to_string(ec ? 0 : size) + ":" + std::to_string(time);
-    };
+    std::string qemu = driver.command_line(MachineSpec{}).front();
     utsname host{};
     ::uname(&host);
-    return key + "|" + stamp(image.kernel) + "|" + stamp(image.initrd) + "|" + host.release;
+    return qemu + ":" + file_stamp(qemu) + "|" + image.kernel.string() + ":" +
+           file_stamp(image.kernel) + "|" + image.initrd.string() + ":" + file_stamp(image.initrd) +
+           "|" + host.release;
 }
 
 std::optional<AcceleratorChoice> read_cache(const fs::path& file, const std::string& key) {

@@ -12,6 +12,7 @@
 
 #include "holt/common/child_process.hpp"
 #include "holt/common/error.hpp"
+#include "holt/common/files.hpp"
 #include "holt/common/log.hpp"
 #include "holt/vm/agent_client.hpp"
 
@@ -39,11 +40,15 @@ std::string utc_now() {
     return text;
 }
 
-std::string file_stamp(const fs::path& path) {
-    std::error_code ec;
-    auto size = fs::file_size(path, ec);
-    auto time = fs::last_write_time(path, ec).time_since_epoch().count();
-    return std::to_string(ec ? 0 : size) + "@" + std::to_string(time);
+// A short fingerprint of `text` for directory names (FNV-1a: stable across builds and hosts).
+std::string hash_text(const std::string& text) {
+    std::uint64_t hash = 14695981039346656037ull;
+    for (unsigned char c : text) {
+        hash = (hash ^ c) * 1099511628211ull;
+    }
+    char hex[17];
+    std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(hash));
+    return hex;
 }
 
 // Holds an exclusive flock on a file for as long as it lives: serialises the making of one
@@ -128,8 +133,11 @@ Vm::~Vm() {
 }
 
 AgentClient& Vm::reconnect_agent(std::chrono::milliseconds timeout) {
+    // The agent serves one host connection at a time: close ours before opening the next.
     agent_.reset();
-    agent_ = AgentClient::connect_unix(machine_->agent_socket(), Clock::now() + timeout);
+    agent_ = with_context("reconnect to the agent of " + id(), [&] {
+        return AgentClient::connect_unix(machine_->agent_socket(), Clock::now() + timeout);
+    });
     return *agent_;
 }
 
@@ -156,8 +164,22 @@ void Vm::kill() {
     }
 }
 
+namespace {
+
+// Paths end up inside qcow2 headers and QEMU command lines, where a relative one would be read
+// against another directory.
+EngineOptions with_absolute_paths(EngineOptions options) {
+    options.data_dir = fs::absolute(options.data_dir);
+    if (!options.run_dir.empty()) {
+        options.run_dir = fs::absolute(options.run_dir);
+    }
+    return options;
+}
+
+}  // namespace
+
 Engine::Engine(EngineOptions options)
-    : options_(std::move(options)),
+    : options_(with_absolute_paths(std::move(options))),
       images_(options_.data_dir, options_.recipes_dir),
       driver_(options_.qemu) {}
 
@@ -268,7 +290,9 @@ std::shared_ptr<Snapshot> Engine::template_snapshot(const VmOptions& options) {
     fs::path root = options_.data_dir / "snapshots" / "templates";
     fs::create_directories(root);
     FileLock file_lock(root / (name + ".lock"));
-    fs::path dir = root / name;
+    // One directory per key: a template snapshot in use is never rebuilt in place, since the
+    // disks of VMs restored from it name its files.
+    fs::path dir = root / (name + "-" + hash_text(key));
 
     std::shared_ptr<Snapshot> snapshot;
     std::string problem;
@@ -427,14 +451,24 @@ std::shared_ptr<Snapshot> Engine::save_running(Vm& vm, bool resume) {
     return with_context("snapshot " + vm.id(), [&] {
         auto& machine = *vm.machine_;
         machine.pause();
-        if (resume) {
-            auto next =
-                std::make_shared<DiskLayer>(layers_dir() / new_layer_name(vm.id()), frozen, false);
-            machine.switch_disk_overlay(kRootDisk, next->path());
-            vm.root_disk_ = next;
-            record_disk_chain(vm.runtime_dir(), next);
+        try {
+            if (resume) {
+                auto next = std::make_shared<DiskLayer>(layers_dir() / new_layer_name(vm.id()),
+                                                        frozen, false);
+                machine.switch_disk_overlay(kRootDisk, next->path());
+                vm.root_disk_ = next;
+                record_disk_chain(vm.runtime_dir(), next);
+            }
+            machine.save_state(dir / "state", /*skip_shared_memory=*/false);
+        } catch (...) {
+            // A failed save must not leave the VM frozen, or its half-written state behind.
+            std::error_code ec;
+            fs::remove_all(dir, ec);
+            if (machine.running()) {
+                machine.resume();
+            }
+            throw;
         }
-        machine.save_state(dir / "state", /*skip_shared_memory=*/false);
         if (resume) {
             machine.resume();
         }
@@ -486,9 +520,9 @@ std::vector<std::unique_ptr<Vm>> Engine::fork(Vm& parent, int count) {
     return children;
 }
 
-std::shared_ptr<Snapshot> Engine::hibernate(std::unique_ptr<Vm> vm) {
+std::shared_ptr<Snapshot> Engine::hibernate(std::unique_ptr<Vm>& vm) {
     auto started = Clock::now();
-    auto snapshot = save_running(*vm, /*resume=*/false);
+    auto snapshot = save_running(*vm, /*resume=*/false);  // on failure the VM runs on
     std::string id = vm->id();
     vm.reset();
     holt::log::get("vm")->info("vm={} hibernated in {} ms", id, elapsed_ms(started));
@@ -519,12 +553,12 @@ std::unique_ptr<AgentClient> Engine::wait_for_agent(Machine& machine, Clock::tim
     };
     try {
         return AgentClient::connect_unix(machine.agent_socket(), deadline, options);
-    } catch (const Error&) {
+    } catch (const Error& e) {
         if (!machine.running()) {
             throw guest_stopped();
         }
-        throw Error("wait for agent: no answer before the boot deadline; last console lines:\n" +
-                    console_tail());
+        throw Error("wait for agent: no answer before the deadline (" + std::string(e.what()) +
+                    "); last console lines:\n" + console_tail());
     }
 }
 

@@ -175,10 +175,14 @@ class QemuMachine : public Machine {
     void switch_disk_overlay(const std::string& disk_id,
                              const std::filesystem::path& overlay) override {
         with_context("switch disk " + disk_id + " of " + spec_.id + " to " + overlay.string(), [&] {
-            qmp().execute("blockdev-snapshot-sync", {{"node-name", current_node(disk_id)},
-                                                     {"snapshot-file", overlay.string()},
-                                                     {"snapshot-node-name", next_node(disk_id)},
-                                                     {"format", "qcow2"}});
+            // The new node's name is taken only once QEMU has made it.
+            int generation = overlay_generation_[disk_id] + 1;
+            qmp().execute("blockdev-snapshot-sync",
+                          {{"node-name", current_node(disk_id)},
+                           {"snapshot-file", overlay.string()},
+                           {"snapshot-node-name", node_name(disk_id, generation)},
+                           {"format", "qcow2"}});
+            overlay_generation_[disk_id] = generation;
         });
     }
 
@@ -193,7 +197,15 @@ class QemuMachine : public Machine {
     void wait_for_migration() {
         auto deadline = Clock::now() + kMigrationTimeout;
         for (;;) {
-            auto info = qmp().execute("query-migrate").as_object();
+            boost::json::object info;
+            try {
+                info = qmp().execute("query-migrate").as_object();
+            } catch (const Error&) {
+                if (!process_.wait_for(std::chrono::milliseconds(500))) {
+                    throw;
+                }
+                throw Error("QEMU exited during migration (" + exit_reason().value_or("") + ")");
+            }
             std::string status =
                 info.contains("status") ? std::string(info.at("status").as_string()) : "";
             if (status == "completed") {
@@ -218,15 +230,12 @@ class QemuMachine : public Machine {
 
     // Disks keep their QEMU device; each overlay switch gives the top of the chain a new node
     // name: "root", then "root.1", "root.2", ...
+    static std::string node_name(const std::string& disk_id, int generation) {
+        return generation == 0 ? disk_id : disk_id + "." + std::to_string(generation);
+    }
     std::string current_node(const std::string& disk_id) const {
         auto it = overlay_generation_.find(disk_id);
-        return it == overlay_generation_.end() || it->second == 0
-                   ? disk_id
-                   : disk_id + "." + std::to_string(it->second);
-    }
-    std::string next_node(const std::string& disk_id) {
-        int generation = ++overlay_generation_[disk_id];
-        return disk_id + "." + std::to_string(generation);
+        return node_name(disk_id, it == overlay_generation_.end() ? 0 : it->second);
     }
 
     std::map<std::string, int> overlay_generation_;
@@ -290,6 +299,8 @@ std::string tail_of_file(const std::filesystem::path& path, std::size_t max_line
 }
 
 QemuDriver::QemuDriver(QemuDriverOptions options) : options_(std::move(options)) {
+    // A full path, so that what the binary is (its size and time) can key snapshots.
+    options_.qemu_binary = find_executable(options_.qemu_binary);
     if (options_.tsc_khz <= 0) {
         options_.tsc_khz = host_tsc_khz();
     }

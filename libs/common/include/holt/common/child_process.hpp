@@ -56,6 +56,10 @@ class ChildProcess {
     std::optional<ExitStatus> status_;
 };
 
+// The path of program `name`: `name` itself if it contains a slash, else its first match in
+// PATH. Throws holt::Error when there is none.
+std::string find_executable(const std::string& name);
+
 // Runs `argv` to completion. With capture, returns its stdout and stderr together in `output`;
 // without, they go to this process's own. Throws holt::Error if it cannot be started.
 struct CommandResult {

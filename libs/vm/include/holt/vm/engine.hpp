@@ -73,9 +73,9 @@ class Vm {
     // Drops the agent connection and opens a new one, as a restarted host process would.
     AgentClient& reconnect_agent(std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
-    // Flushes the guest's file systems, asks QEMU to quit, and removes the VM's files.
+    // Flushes the guest's file systems and asks QEMU to quit. Its files go with the object.
     void stop();
-    // Kills the VM at once and removes its files.
+    // Kills the VM at once. Its files go with the object.
     void kill();
 
   private:
@@ -127,8 +127,9 @@ class Engine {
     // `count` children of `parent`, each starting from the parent's memory, processes and files
     // at this moment. The parent runs on.
     std::vector<std::unique_ptr<Vm>> fork(Vm& parent, int count);
-    // Saves `vm` and stops it; it then holds no memory or CPU. wake() brings it back.
-    std::shared_ptr<Snapshot> hibernate(std::unique_ptr<Vm> vm);
+    // Saves `vm` and stops it; it then holds no memory or CPU. wake() brings it back. `vm` is
+    // reset once the state is saved; if saving fails, it keeps running and stays in `vm`.
+    std::shared_ptr<Snapshot> hibernate(std::unique_ptr<Vm>& vm);
     std::unique_ptr<Vm> wake(const std::shared_ptr<Snapshot>& hibernated);
 
     // The accelerator VMs run on, decided once (with a probe boot of `probe_template` if KVM
