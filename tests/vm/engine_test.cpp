@@ -331,7 +331,7 @@ TEST(VmBadInputTest, AGuestThatDoesNotBootInTimeFailsWithItsConsoleAndLeavesNoth
     std::string error = error_of([&] {
         engine().boot({.template_name = "base", .boot_timeout = std::chrono::milliseconds(300)});
     });
-    EXPECT_THAT(error, HasSubstr("no answer before the boot deadline"));
+    EXPECT_THAT(error, HasSubstr("no answer before the deadline"));
     EXPECT_THAT(error, HasSubstr("last console lines"));
     EXPECT_THAT(leftover_runtime_files(), ::testing::IsEmpty());
     EXPECT_EQ(qemu_processes_of_this_test(), 0);
