@@ -158,7 +158,7 @@ std::string read_line(int fd, std::chrono::milliseconds timeout = 1s) {
 // A TCP server on its own thread, inside a namespace (or the host's, for -1). Each connection
 // gets "<banner> <peer address>\n", then the first chunk it sends comes back, then it closes.
 class Server {
-public:
+  public:
     Server(int netns_fd, const std::string& address, std::uint16_t port, std::string banner)
         : banner_(std::move(banner)) {
         listen_fd_ = in_netns(netns_fd, [&] {
@@ -189,7 +189,7 @@ public:
     }
     int connections() const { return connections_; }
 
-private:
+  private:
     void serve() {
         for (;;) {
             pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {stop_pipe_[0], POLLIN, 0}};
@@ -261,7 +261,7 @@ Attempt try_connect(int netns_fd, const std::string& address, std::uint16_t port
 
 // Takes the guest's place behind tap0 (see the top of this file).
 class StandInGuest {
-public:
+  public:
     explicit StandInGuest(const VmNetwork& net) {
         static std::atomic<int> n{0};
         name_ = "hnt-g-" + pid_text() + "-" + std::to_string(n++);
@@ -294,7 +294,7 @@ public:
     int netns_fd() const { return fd_; }
     const std::string& name() const { return name_; }
 
-private:
+  private:
     std::string name_;
     int fd_ = -1;
 };
@@ -349,7 +349,7 @@ void remove_test_leftovers(bool including_own) {
 }
 
 class NetworkEnvironment : public ::testing::Environment {
-public:
+  public:
     void SetUp() override {
         if (::geteuid() == 0) {
             remove_test_leftovers(/*including_own=*/false);
@@ -365,7 +365,7 @@ public:
 const auto* const kEnvironment = ::testing::AddGlobalTestEnvironment(new NetworkEnvironment);
 
 class NetworkTest : public ::testing::Test {
-protected:
+  protected:
     // The outside namespace is shared by the whole suite.
     static void SetUpTestSuite() {
         if (::geteuid() != 0) {

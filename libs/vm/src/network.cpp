@@ -69,7 +69,7 @@ long elapsed_us(Clock::time_point since) {
 
 // An owned file descriptor.
 class Fd {
-public:
+  public:
     Fd() = default;
     explicit Fd(int fd) : fd_(fd) {}
     Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
@@ -90,7 +90,7 @@ public:
         }
     }
 
-private:
+  private:
     int fd_ = -1;
 };
 
@@ -178,7 +178,7 @@ void check_link_name(const std::string& name) {
 // A netlink socket in the network namespace of the thread that opens it. Requests made through
 // it act on that namespace from any thread.
 class Netlink {
-public:
+  public:
     explicit Netlink(int bus) : socket_(::mnl_socket_open2(bus, SOCK_CLOEXEC)) {
         if (socket_ == nullptr) {
             throw_errno("open netlink socket");
@@ -236,7 +236,7 @@ public:
         }
     }
 
-private:
+  private:
     // A dump interrupted by concurrent changes (NLM_F_DUMP_INTR) still sends the rest of its
     // messages; reads them up to its end, so that the next request starts on a clean socket.
     void skip_rest_of_dump(const char* received, ssize_t size) {
@@ -270,7 +270,7 @@ struct LinkInfo {
 
 // rtnetlink requests for links, addresses and routes.
 class Rtnl {
-public:
+  public:
     Rtnl() : nl_(NETLINK_ROUTE) {}
 
     void create_veth(const std::string& name, const std::string& peer, int peer_netns_fd) {
@@ -381,7 +381,7 @@ public:
         }
     }
 
-private:
+  private:
     static ifinfomsg* put_ifinfo(nlmsghdr* nlh, int index) {
         auto* ifi = static_cast<ifinfomsg*>(::mnl_nlmsg_put_extra_header(nlh, sizeof(ifinfomsg)));
         ifi->ifi_family = AF_UNSPEC;
@@ -701,7 +701,7 @@ std::string egress_rules(const std::vector<std::string>& uplinks,
 // An exclusive lock over the host's `inet holt` table and uplink settings, held by every Holt
 // process while it adds or removes a VM's host link.
 class HostLock {
-public:
+  public:
     explicit HostLock(const fs::path& state_dir) {
         std::error_code ec;
         fs::create_directories(state_dir, ec);
@@ -716,7 +716,7 @@ public:
         }
     }
 
-private:
+  private:
     Fd fd_;
 };
 
@@ -840,7 +840,7 @@ unsigned pick_slot(const std::vector<LinkInfo>& links, const std::string& vm_id,
 // the veth exists, its namespace end and the default route. Errors surface in netns_fd() or
 // finish(); the destructor always lets the thread end and joins it.
 class NamespaceWorker {
-public:
+  public:
     NamespaceWorker(const fs::path& path, std::string rules)
         : thread_([this, path, rules = std::move(rules)] { run(path, rules); }) {}
     ~NamespaceWorker() { join(); }
@@ -860,7 +860,7 @@ public:
         }
     }
 
-private:
+  private:
     void run(const fs::path& path, const std::string& rules) {
         try {
             created_.set_value(create_namespace(path));

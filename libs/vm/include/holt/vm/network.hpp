@@ -63,7 +63,7 @@ struct HostNetworkConfig {
 // Needs CAP_NET_ADMIN and CAP_SYS_ADMIN (root). Not thread-safe per object; distinct objects can be
 // created and destroyed from many threads and processes at once.
 class VmNetwork {
-public:
+  public:
     // Creates the namespace, tap0, the veth pair, and the rules for `policy`. Throws holt::Error
     // naming the VM and the step that failed; nothing is left behind then.
     static VmNetwork create(const std::string& vm_id, const NetworkPolicy& policy,
@@ -115,7 +115,7 @@ public:
         const std::function<bool(const std::string&)>& is_alive,
         const HostNetworkConfig& host = {});
 
-private:
+  private:
     VmNetwork() = default;
     // Under the host-wide lock: picks a slot, creates the veth pair with its namespace end in this
     // VM's namespace, and sets up the host's end. Returns the first address of the slot's /30.
