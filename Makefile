@@ -1,10 +1,10 @@
 # The two commands of the README:
-#   make up    installs what is missing, builds Holt and the guest images, and runs the platform
+#   make up    installs what is missing, builds Holt and the guest images; today the platform is
+#              the VM engine and its operator tool, so "up" ends with the engine ready to use
 #   make test  installs what is missing, builds, builds the guest images and runs every test
 # Both are incremental and safe to run again.
 
 BUILD_DIR ?= build
-DATA_DIR  ?= $(HOLT_DATA_DIR)
 HOLT_VM   := $(BUILD_DIR)/bin/holt-vm
 JOBS      ?= $(shell nproc)
 
