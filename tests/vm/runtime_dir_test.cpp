@@ -36,6 +36,7 @@ TEST_F(RuntimeDirTest, CreatesAPrivateDirectoryAndRemovesItWithEverythingInside)
 
 TEST_F(RuntimeDirTest, SweepLeavesDirectoriesWhoseOwnerIsAlive) {
     RuntimeDir dir = RuntimeDir::create(root_, "vm");
+    fs::last_write_time(dir.path(), fs::file_time_type::clock::now() - std::chrono::minutes(1));
     EXPECT_TRUE(RuntimeDir::sweep_stale(root_).empty());
     EXPECT_TRUE(fs::exists(dir.path()));
 }
@@ -51,6 +52,10 @@ TEST_F(RuntimeDirTest, SweepRemovesDirectoriesOfDeadOwners) {
     int status = 0;
     ::waitpid(child, &status, 0);
     ASSERT_EQ(std::distance(fs::directory_iterator(root_), fs::directory_iterator()), 1);
+    fs::path left = fs::directory_iterator(root_)->path();
+    // Too young to tell from a directory whose creator has not locked it yet: left alone.
+    EXPECT_TRUE(RuntimeDir::sweep_stale(root_).empty());
+    fs::last_write_time(left, fs::file_time_type::clock::now() - std::chrono::minutes(1));
 
     auto removed = RuntimeDir::sweep_stale(root_);
     EXPECT_EQ(removed.size(), 1u);

@@ -11,6 +11,7 @@
 #include <csignal>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 
 #include "holt/common/data_dir.hpp"
 #include "holt/common/error.hpp"
@@ -98,6 +99,10 @@ int images_ls(const GlobalOptions& global) {
     return 0;
 }
 
+// Set by SIGINT, SIGTERM and SIGHUP: `run` then removes its VM and exits instead of dying with
+// the VM's files left for the next sweep.
+volatile std::sig_atomic_t stop_signal = 0;
+
 int run(const GlobalOptions& global, const VmCommandOptions& vm_opts,
         const std::vector<std::string>& command, const std::vector<std::string>& env,
         const std::string& cwd, const std::string& user, double timeout_s) {
@@ -129,12 +134,20 @@ int run(const GlobalOptions& global, const VmCommandOptions& vm_opts,
         std::fflush(stderr);
     };
     auto session = vm->agent().start(spec, callbacks);
-    auto status = session->wait();
-    if (status.timed_out) {
+    std::optional<holt::vm::ExitStatus> status;
+    while (!(status = session->wait_for(std::chrono::milliseconds(100)))) {
+        if (stop_signal != 0) {
+            // The VM and everything it made go with `vm` on the way out.
+            std::fprintf(stderr, "holt-vm: stopped by signal %d; removing %s\n",
+                         static_cast<int>(stop_signal), vm->id().c_str());
+            return 128 + stop_signal;
+        }
+    }
+    if (status->timed_out) {
         std::fprintf(stderr, "holt-vm: command killed after its %gs timeout\n", timeout_s);
     }
     vm->stop();
-    return exit_code_of(status);
+    return exit_code_of(*status);
 }
 
 // Puts the local terminal in raw mode for the life of the object.
@@ -273,6 +286,9 @@ int main(int argc, char** argv) {
             return images_ls(global);
         }
         if (run_cmd->parsed()) {
+            for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+                std::signal(sig, [](int received) { stop_signal = received; });
+            }
             return run(global, run_vm, command, env, cwd, user, timeout_s);
         }
         if (shell_cmd->parsed()) {

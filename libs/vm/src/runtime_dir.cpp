@@ -50,6 +50,8 @@ void kill_recorded_hypervisor(const fs::path& dir) {
     }
 }
 
+constexpr auto kMinimumAgeToSweep = std::chrono::seconds(10);
+
 }  // namespace
 
 std::string random_id(const std::string& prefix) {
@@ -135,17 +137,15 @@ std::vector<std::string> RuntimeDir::sweep_stale(
         if (!entry.is_directory()) {
             continue;
         }
+        // A directory made a moment ago may not be locked by its creator yet (it creates the
+        // lock file, then locks it): young ones are left for a later sweep.
+        auto age = fs::file_time_type::clock::now() - fs::last_write_time(entry.path(), ec);
+        if (ec || age < kMinimumAgeToSweep) {
+            continue;
+        }
         int fd = lock_directory(entry.path(), /*create=*/false);
-        if (fd < 0) {
-            // Either its owner is alive, or it was created a moment ago and is not locked yet:
-            // a directory without a lock file and younger than a minute is left alone.
-            if (errno != ENOENT) {
-                continue;
-            }
-            auto age = fs::file_time_type::clock::now() - fs::last_write_time(entry.path(), ec);
-            if (ec || age < std::chrono::minutes(1)) {
-                continue;
-            }
+        if (fd < 0 && errno != ENOENT) {
+            continue;  // its owner is alive
         }
         kill_recorded_hypervisor(entry.path());
         if (before_remove) {
