@@ -327,6 +327,14 @@ std::shared_ptr<Snapshot> Engine::make_template_snapshot(const VmOptions& option
     std::error_code ec;
     fs::remove_all(tmp, ec);
     fs::create_directories(tmp);
+    // A failed attempt leaves nothing: its disk and RAM file can be as large as the VM.
+    struct RemoveUnlessRenamed {
+        const fs::path& path;
+        ~RemoveUnlessRenamed() {
+            std::error_code ignored;
+            fs::remove_all(path, ignored);
+        }
+    } cleanup{tmp};
 
     return with_context("make template snapshot " + dir.filename().string(), [&] {
         RuntimeDir runtime = RuntimeDir::create(vms_dir(), "tpl");
@@ -354,7 +362,9 @@ std::shared_ptr<Snapshot> Engine::make_template_snapshot(const VmOptions& option
         }
         std::unique_ptr<Machine> machine = driver_.start(spec);
         runtime.record_hypervisor_pid(machine->pid());
-        auto agent = wait_for_agent(*machine, started + options_.boot_timeout);
+        auto timeout =
+            options.boot_timeout.count() > 0 ? options.boot_timeout : options_.boot_timeout;
+        auto agent = wait_for_agent(*machine, started + timeout);
         agent.reset();
         machine->save_state(tmp / "state", /*skip_shared_memory=*/true);
         machine->stop(std::chrono::seconds(3));
