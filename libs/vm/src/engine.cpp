@@ -221,6 +221,34 @@ std::vector<std::string> Engine::sweep_stale_vms() {
     return removed;
 }
 
+Engine::ColdBooted Engine::cold_boot(const VmOptions& options, const TemplateImage& image,
+                                     Accelerator accel, const RuntimeDir& dir,
+                                     const fs::path& root_disk, MemorySpec memory,
+                                     Clock::time_point started) {
+    ColdBooted vm;
+    vm.spec = MachineSpec{
+        .id = dir.id(),
+        .vcpus = options.vcpus,
+        .memory_mib = options.memory_mib,
+        .accel = accel,
+        .kernel = image.kernel,
+        .initrd = image.initrd,
+        .kernel_args = options.extra_kernel_args,
+        .disks = {DiskSpec{.id = kRootDisk, .path = root_disk, .format = "qcow2"}},
+        .memory = std::move(memory),
+        .runtime_dir = dir.path(),
+    };
+    if (options.network) {
+        vm.network = VmNetwork::create(dir.id(), *options.network, options_.network);
+        vm.spec.netns_fd = vm.network->netns_fd();
+    }
+    vm.machine = driver_.start(vm.spec);
+    dir.record_hypervisor_pid(vm.machine->pid());
+    auto timeout = options.boot_timeout.count() > 0 ? options.boot_timeout : options_.boot_timeout;
+    vm.agent = wait_for_agent(*vm.machine, started + timeout);
+    return vm;
+}
+
 std::unique_ptr<Vm> Engine::boot(const VmOptions& options) {
     auto started = Clock::now();
     TemplateImage image = images_.get(options.template_name);
@@ -234,33 +262,12 @@ std::unique_ptr<Vm> Engine::boot(const VmOptions& options) {
         with_context("create disk overlay",
                      [&] { create_overlay(image.rootfs, image.rootfs_format, root->path()); });
 
-        MachineSpec spec{
-            .id = id,
-            .vcpus = options.vcpus,
-            .memory_mib = options.memory_mib,
-            .accel = accel,
-            .kernel = image.kernel,
-            .initrd = image.initrd,
-            .kernel_args = options.extra_kernel_args,
-            .disks = {DiskSpec{.id = kRootDisk, .path = root->path(), .format = "qcow2"}},
-            .runtime_dir = dir.path(),
-        };
-        std::optional<VmNetwork> network;
-        if (options.network) {
-            network = VmNetwork::create(id, *options.network, options_.network);
-            spec.netns_fd = network->netns_fd();
-        }
-        std::unique_ptr<Machine> machine = driver_.start(spec);
-        dir.record_hypervisor_pid(machine->pid());
-
-        auto timeout =
-            options.boot_timeout.count() > 0 ? options.boot_timeout : options_.boot_timeout;
-        std::unique_ptr<AgentClient> agent = wait_for_agent(*machine, started + timeout);
+        ColdBooted vm = cold_boot(options, image, accel, dir, root->path(), {}, started);
         holt::log::get("vm")->info("vm={} booted template={} accel={} in {} ms", id,
                                    options.template_name, to_string(accel), elapsed_ms(started));
-        return std::make_unique<Vm>(std::move(dir), options.template_name, std::move(spec),
-                                    std::move(root), std::move(network), std::move(machine),
-                                    std::move(agent));
+        return std::make_unique<Vm>(std::move(dir), options.template_name, std::move(vm.spec),
+                                    std::move(root), std::move(vm.network), std::move(vm.machine),
+                                    std::move(vm.agent));
     });
 }
 
@@ -341,33 +348,13 @@ std::shared_ptr<Snapshot> Engine::make_template_snapshot(const VmOptions& option
         with_context("create disk overlay", [&] {
             create_overlay(image.rootfs, image.rootfs_format, tmp / "disk.qcow2");
         });
-        MachineSpec spec{
-            .id = runtime.id(),
-            .vcpus = options.vcpus,
-            .memory_mib = options.memory_mib,
-            .accel = accel,
-            .kernel = image.kernel,
-            .initrd = image.initrd,
-            .kernel_args = options.extra_kernel_args,
-            .disks = {DiskSpec{.id = kRootDisk, .path = tmp / "disk.qcow2", .format = "qcow2"}},
-            .memory = {.file = tmp / "memory", .shared = true},
-            .runtime_dir = runtime.path(),
-        };
         // The NIC is part of the saved device state, so a template for networked VMs boots with
         // one (in a throwaway namespace; clones get their own).
-        std::optional<VmNetwork> network;
-        if (options.network) {
-            network = VmNetwork::create(runtime.id(), {}, options_.network);
-            spec.netns_fd = network->netns_fd();
-        }
-        std::unique_ptr<Machine> machine = driver_.start(spec);
-        runtime.record_hypervisor_pid(machine->pid());
-        auto timeout =
-            options.boot_timeout.count() > 0 ? options.boot_timeout : options_.boot_timeout;
-        auto agent = wait_for_agent(*machine, started + timeout);
-        agent.reset();
-        machine->save_state(tmp / "state", /*skip_shared_memory=*/true);
-        machine->stop(std::chrono::seconds(3));
+        ColdBooted vm = cold_boot(options, image, accel, runtime, tmp / "disk.qcow2",
+                                  {.file = tmp / "memory", .shared = true}, started);
+        vm.agent.reset();
+        vm.machine->save_state(tmp / "state", /*skip_shared_memory=*/true);
+        vm.machine->stop(std::chrono::seconds(3));
 
         SnapshotManifest manifest{
             .kind = "template",

@@ -141,6 +141,21 @@ class Engine {
     std::vector<std::string> sweep_stale_vms();
 
   private:
+    // A cold-booted VM with a ready agent, before it becomes a Vm or a template snapshot.
+    // Members are destroyed agent first, network last: QEMU must be gone before its namespace.
+    struct ColdBooted {
+        MachineSpec spec;
+        std::optional<VmNetwork> network;
+        std::unique_ptr<Machine> machine;
+        std::unique_ptr<AgentClient> agent;
+    };
+    // Boots `image` in `dir` on the root disk `root_disk` (qcow2) with RAM `memory`, with a NIC
+    // when options.network is set, and waits for its agent until the boot timeout (from
+    // `started`) passes.
+    ColdBooted cold_boot(const VmOptions& options, const TemplateImage& image, Accelerator accel,
+                         const RuntimeDir& dir, const std::filesystem::path& root_disk,
+                         MemorySpec memory, std::chrono::steady_clock::time_point started);
+
     std::filesystem::path run_dir() const;
     std::unique_ptr<AgentClient> wait_for_agent(Machine& machine,
                                                 std::chrono::steady_clock::time_point deadline);
