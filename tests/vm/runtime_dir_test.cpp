@@ -6,6 +6,8 @@
 
 #include <fstream>
 
+#include "holt/common/error.hpp"
+
 namespace holt::vm {
 namespace {
 
@@ -52,14 +54,35 @@ TEST_F(RuntimeDirTest, SweepRemovesDirectoriesOfDeadOwners) {
     int status = 0;
     ::waitpid(child, &status, 0);
     ASSERT_EQ(std::distance(fs::directory_iterator(root_), fs::directory_iterator()), 1);
-    fs::path left = fs::directory_iterator(root_)->path();
-    // Too young to tell from a directory whose creator has not locked it yet: left alone.
-    EXPECT_TRUE(RuntimeDir::sweep_stale(root_).empty());
-    fs::last_write_time(left, fs::file_time_type::clock::now() - std::chrono::minutes(1));
-
     auto removed = RuntimeDir::sweep_stale(root_);
     EXPECT_EQ(removed.size(), 1u);
     EXPECT_EQ(std::distance(fs::directory_iterator(root_), fs::directory_iterator()), 0);
+}
+
+TEST_F(RuntimeDirTest, SweepLeavesDirectoriesBeingMadeUntilTheyAreOld) {
+    // create() makes a directory under a hidden name and renames it once it holds the lock.
+    fs::path hidden = root_ / ".vm-12345678";
+    fs::create_directories(hidden);
+    EXPECT_TRUE(RuntimeDir::sweep_stale(root_).empty());
+    EXPECT_TRUE(fs::exists(hidden));
+    fs::last_write_time(hidden, fs::file_time_type::clock::now() - std::chrono::minutes(1));
+    RuntimeDir::sweep_stale(root_);
+    EXPECT_FALSE(fs::exists(hidden));
+}
+
+TEST_F(RuntimeDirTest, ADirectoryWhoseOwnerDetachedIsAdoptedOnce) {
+    std::string id;
+    {
+        RuntimeDir dir = RuntimeDir::create(root_, "vm");
+        id = dir.id();
+        dir.detach();
+    }
+    ASSERT_TRUE(fs::exists(root_ / id));
+    RuntimeDir adopted = RuntimeDir::adopt(root_, id);
+    EXPECT_TRUE(RuntimeDir::is_owned(root_ / id));
+    EXPECT_THROW(RuntimeDir::adopt(root_, id), Error);
+    EXPECT_THROW(RuntimeDir::adopt(root_, "vm-missing"), Error);
+    EXPECT_THROW(RuntimeDir::adopt(root_, "../etc"), Error);
 }
 
 TEST_F(RuntimeDirTest, IdsAreDistinct) {

@@ -123,6 +123,7 @@ TEST_F(SnapshotTest, TheClockIsRightAfterRestoringASnapshotTakenEarlier) {
     double host_s =
         std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
     EXPECT_NEAR(guest_s, host_s, 1.0);
+    engine().delete_snapshot(snapshot->id());
 }
 
 TEST_F(SnapshotTest, ForkedChildrenStartWithTheParentsProcessesAndDivergeAfterwards) {
@@ -176,6 +177,7 @@ TEST_F(SnapshotTest, ASnapshotRestoresAnyNumberOfTimes) {
         write_text(*restored, "/root/state", "changed in restore");
     }
     EXPECT_EQ(read_text(*vm, "/root/state"), "after snapshot");
+    engine().delete_snapshot(snapshot->id());
 }
 
 TEST_F(SnapshotTest, FilesAndProcessesSurviveFiveHibernateWakeCycles) {

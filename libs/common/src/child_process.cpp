@@ -1,6 +1,8 @@
 #include "holt/common/child_process.hpp"
 
+#include <poll.h>
 #include <sched.h>
+#include <sys/syscall.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 
@@ -14,6 +16,7 @@
 #include <csignal>
 #include <cstring>
 #include <thread>
+#include <utility>
 
 #include "holt/common/error.hpp"
 
@@ -101,13 +104,31 @@ ChildProcess ChildProcess::spawn(const std::vector<std::string>& argv,
     }
 }
 
+ChildProcess ChildProcess::adopt(pid_t pid) {
+    int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    if (fd < 0) {
+        throw_errno("adopt process " + std::to_string(pid));
+    }
+    ChildProcess process;
+    process.pid_ = pid;
+    process.pidfd_ = fd;
+    if (!process.running()) {
+        throw Error("adopt process " + std::to_string(pid) + ": it has ended");
+    }
+    return process;
+}
+
 ChildProcess::ChildProcess(ChildProcess&& other) noexcept
-    : pid_(std::exchange(other.pid_, -1)), status_(other.status_) {}
+    : pid_(std::exchange(other.pid_, -1)),
+      pidfd_(std::exchange(other.pidfd_, -1)),
+      status_(other.status_) {}
 
 ChildProcess& ChildProcess::operator=(ChildProcess&& other) noexcept {
     if (this != &other) {
         kill_and_wait();
+        close_pidfd();
         pid_ = std::exchange(other.pid_, -1);
+        pidfd_ = std::exchange(other.pidfd_, -1);
         status_ = other.status_;
     }
     return *this;
@@ -115,6 +136,19 @@ ChildProcess& ChildProcess::operator=(ChildProcess&& other) noexcept {
 
 ChildProcess::~ChildProcess() {
     kill_and_wait();
+    close_pidfd();
+}
+
+void ChildProcess::close_pidfd() {
+    if (pidfd_ >= 0) {
+        ::close(pidfd_);
+        pidfd_ = -1;
+    }
+}
+
+void ChildProcess::release() {
+    close_pidfd();
+    pid_ = -1;
 }
 
 pid_t ChildProcess::pid() const {
@@ -124,6 +158,15 @@ pid_t ChildProcess::pid() const {
 bool ChildProcess::running() {
     if (pid_ < 0 || status_) {
         return false;
+    }
+    if (pidfd_ >= 0) {
+        // A pidfd becomes readable when its process ends.
+        pollfd p{.fd = pidfd_, .events = POLLIN, .revents = 0};
+        if (::poll(&p, 1, 0) > 0) {
+            status_ = ExitStatus{.exit_code = -1};
+            return false;
+        }
+        return true;
     }
     int raw = 0;
     pid_t r = ::waitpid(pid_, &raw, WNOHANG);
@@ -157,6 +200,14 @@ void ChildProcess::send_signal(int signal) {
 
 void ChildProcess::kill_and_wait() {
     if (!running()) {
+        return;
+    }
+    if (pidfd_ >= 0) {
+        ::syscall(SYS_pidfd_send_signal, pidfd_, SIGKILL, nullptr, 0);
+        pollfd p{.fd = pidfd_, .events = POLLIN, .revents = 0};
+        while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
+        }
+        status_ = ExitStatus{.signal = SIGKILL};
         return;
     }
     ::kill(pid_, SIGKILL);

@@ -7,7 +7,9 @@
 
 #include <ctime>
 #include <fstream>
+#include <algorithm>
 #include <future>
+#include <set>
 #include <thread>
 
 #include "holt/common/child_process.hpp"
@@ -69,26 +71,9 @@ class FileLock {
     int fd_ = -1;
 };
 
-// Records the disk layers a VM uses in its runtime directory, so that a sweep after a crash can
-// remove them with it.
-void record_disk_chain(const fs::path& runtime_dir, const std::shared_ptr<DiskLayer>& top) {
-    std::ofstream out(runtime_dir / "disk-chain");
-    for (auto layer = top; layer; layer = layer->backing()) {
-        out << layer->path().string() << "\n";
-    }
-}
-
-void remove_recorded_layers(const fs::path& runtime_dir, const fs::path& layers_dir) {
-    std::ifstream in(runtime_dir / "disk-chain");
-    std::string line;
-    std::error_code ec;
-    while (std::getline(in, line)) {
-        fs::path layer(line);
-        if (layer.parent_path() == layers_dir) {
-            fs::remove(layer, ec);
-        }
-    }
-}
+// How old an unnamed file in the layers directory must be before collect_layers() deletes it: a
+// layer is made a moment before the vm.json or snapshot.json that names it.
+constexpr auto kMinimumLayerAge = std::chrono::seconds(60);
 
 // A qcow2 overlay over `snapshot`'s disk that nothing has written to yet. Every overlay over the
 // same backing file starts out byte for byte the same, so restores copy this one (about a
@@ -115,21 +100,43 @@ void create_overlay(const fs::path& base, const std::string& base_format, const 
     }
 }
 
-Vm::Vm(RuntimeDir dir, std::string template_name, MachineSpec spec,
-       std::shared_ptr<DiskLayer> root_disk, std::optional<VmNetwork> network,
-       std::unique_ptr<Machine> machine, std::unique_ptr<AgentClient> agent)
+Vm::Vm(RuntimeDir dir, VmRecord record, MachineSpec spec, std::shared_ptr<DiskLayer> root_disk,
+       std::optional<VmNetwork> network, std::unique_ptr<Machine> machine,
+       std::unique_ptr<AgentClient> agent)
     : dir_(std::move(dir)),
-      template_name_(std::move(template_name)),
+      record_(std::move(record)),
       spec_(std::move(spec)),
       root_disk_(std::move(root_disk)),
       network_(std::move(network)),
       machine_(std::move(machine)),
       agent_(std::move(agent)) {
-    record_disk_chain(dir_.path(), root_disk_);
+    write_record();
 }
 
 Vm::~Vm() {
     kill();
+}
+
+void Vm::write_record() {
+    record_.disk_chain = root_disk_->chain();
+    record_.write(dir_.path());
+}
+
+void Vm::detach() {
+    agent_.reset();
+    record_.detached = true;
+    write_record();
+    // Nothing of it may go with this object: the layers it stands on stay until a sweep finds
+    // nothing names them.
+    for (auto layer = root_disk_; layer; layer = layer->backing()) {
+        layer->set_persistent(true);
+    }
+    machine_->detach();
+    if (network_) {
+        network_->detach();
+    }
+    holt::log::get("vm")->info("vm={} detached", id());
+    dir_.detach();
 }
 
 AgentClient& Vm::reconnect_agent(std::chrono::milliseconds timeout) {
@@ -209,16 +216,132 @@ AcceleratorChoice Engine::accelerator(const std::string& probe_template) {
 }
 
 std::vector<std::string> Engine::sweep_stale_vms() {
-    std::vector<std::string> removed = RuntimeDir::sweep_stale(
-        vms_dir(), [&](const fs::path& dir) { remove_recorded_layers(dir, layers_dir()); });
+    auto may_remove = [&](const fs::path& dir) {
+        if (RuntimeDir::running_hypervisor(dir) < 0) {
+            return true;  // nothing runs: only leftovers
+        }
+        try {
+            auto record = VmRecord::read(dir);
+            return !record || (!record->detached && record->owner == options_.owner);
+        } catch (const Error&) {
+            return true;
+        }
+    };
+    // Only the VM's own writable layer: the ones under it may be shared, and collect_layers()
+    // removes them once nothing names them.
+    auto remove_own_layer = [&](const fs::path& dir) {
+        try {
+            if (auto record = VmRecord::read(dir);
+                record && record->disk_chain.front().parent_path() == layers_dir()) {
+                std::error_code ec;
+                fs::remove(record->disk_chain.front(), ec);
+            }
+        } catch (const Error&) {
+        }
+    };
+    std::vector<std::string> removed = RuntimeDir::sweep_stale(vms_dir(), remove_own_layer, may_remove);
     for (const auto& id : removed) {
         holt::log::get("vm")->info("vm={} removed: left behind by a process that died", id);
     }
-    // A VM's network belongs to a live VM exactly when that VM's runtime directory is still
-    // here (the sweep above removed the dead ones). This assumes one run directory per host.
-    VmNetwork::sweep_stale([&](const std::string& id) { return fs::exists(vms_dir() / id); },
+    // A VM's network belongs to a VM exactly while that VM's runtime directory exists, under any
+    // Holt process's run directory.
+    VmNetwork::sweep_stale([](const std::string& id) { return RuntimeDir::exists_anywhere(id); },
                            options_.network);
+    collect_layers();
     return removed;
+}
+
+VmRecord Engine::new_record(const std::string& id, const std::string& template_name,
+                            const MachineSpec& spec, const NetworkPolicy& policy) const {
+    return VmRecord{
+        .id = id,
+        .owner = options_.owner,
+        .template_name = template_name,
+        .created_at = utc_now(),
+        .vcpus = spec.vcpus,
+        .memory_mib = spec.memory_mib,
+        .accel = spec.accel,
+        .kernel = spec.kernel,
+        .initrd = spec.initrd,
+        .kernel_args = spec.kernel_args,
+        .memory_file = spec.memory.file,
+        .memory_shared = spec.memory.shared,
+        .network = spec.netns_fd >= 0,
+        .policy = policy,
+    };
+}
+
+std::shared_ptr<DiskLayer> Engine::layer(const fs::path& path, std::shared_ptr<DiskLayer> backing,
+                                         bool persistent) {
+    std::lock_guard lock(layers_mutex_);
+    if (auto existing = layers_[path].lock()) {
+        return existing;
+    }
+    std::erase_if(layers_, [](const auto& entry) { return entry.second.expired(); });
+    auto made = std::make_shared<DiskLayer>(path, std::move(backing), persistent);
+    layers_[path] = made;
+    return made;
+}
+
+std::shared_ptr<DiskLayer> Engine::open_chain(const std::vector<fs::path>& chain,
+                                              bool top_persistent) {
+    // The layers kept snapshots froze. Layers outside layers_dir() belong to template snapshots.
+    std::set<fs::path> kept;
+    for (const auto& id : list_snapshots()) {
+        try {
+            kept.insert(Snapshot::read_manifest(snapshots_dir() / id).disk);
+        } catch (const Error&) {
+        }
+    }
+    std::shared_ptr<DiskLayer> below;
+    for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
+        bool is_top = it + 1 == chain.rend();
+        bool persistent = is_top ? top_persistent
+                                 : kept.contains(*it) || it->parent_path() != layers_dir();
+        below = layer(*it, below, persistent);
+    }
+    return below;
+}
+
+void Engine::collect_layers() {
+    std::set<fs::path> named;
+    auto name_chain = [&](const std::vector<fs::path>& chain) {
+        named.insert(chain.begin(), chain.end());
+    };
+    std::error_code ec;
+    for (const auto& vm : fs::directory_iterator(vms_dir(), ec)) {
+        try {
+            // A fork's snapshot names no layer its parent's vm.json does not.
+            if (auto record = VmRecord::read(vm.path())) {
+                name_chain(record->disk_chain);
+            }
+        } catch (const std::exception&) {
+            return;  // never delete what an unreadable record might name
+        }
+    }
+    for (const auto& id : list_snapshots()) {
+        try {
+            name_chain(Snapshot::read_manifest(snapshots_dir() / id).disk_chain);
+        } catch (const Error&) {
+            return;
+        }
+    }
+    {
+        std::lock_guard lock(layers_mutex_);
+        for (const auto& [path, weak] : layers_) {
+            if (!weak.expired()) {
+                named.insert(path);
+            }
+        }
+    }
+    for (const auto& entry : fs::directory_iterator(layers_dir(), ec)) {
+        auto age = fs::file_time_type::clock::now() - fs::last_write_time(entry.path(), ec);
+        if (!ec && age > kMinimumLayerAge && !named.contains(entry.path())) {
+            holt::log::get("vm")->info("disk layer {} removed: nothing uses it",
+                                       entry.path().filename().string());
+            fs::remove(entry.path(), ec);
+        }
+    }
 }
 
 Engine::ColdBooted Engine::cold_boot(const VmOptions& options, const TemplateImage& image,
@@ -258,14 +381,16 @@ std::unique_ptr<Vm> Engine::boot(const VmOptions& options) {
     std::string id = dir.id();
     return with_context("boot " + id + " from template " + options.template_name, [&] {
         fs::create_directories(layers_dir());
-        auto root = std::make_shared<DiskLayer>(layers_dir() / new_layer_name(id), nullptr, false);
+        auto root = layer(layers_dir() / new_layer_name(id), nullptr, false);
         with_context("create disk overlay",
                      [&] { create_overlay(image.rootfs, image.rootfs_format, root->path()); });
 
         ColdBooted vm = cold_boot(options, image, accel, dir, root->path(), {}, started);
         holt::log::get("vm")->info("vm={} booted template={} accel={} in {} ms", id,
                                    options.template_name, to_string(accel), elapsed_ms(started));
-        return std::make_unique<Vm>(std::move(dir), options.template_name, std::move(vm.spec),
+        VmRecord record = new_record(id, options.template_name, vm.spec,
+                                     options.network.value_or(NetworkPolicy{}));
+        return std::make_unique<Vm>(std::move(dir), std::move(record), std::move(vm.spec),
                                     std::move(root), std::move(vm.network), std::move(vm.machine),
                                     std::move(vm.agent));
     });
@@ -381,15 +506,15 @@ std::shared_ptr<Snapshot> Engine::make_template_snapshot(const VmOptions& option
 }
 
 std::unique_ptr<Vm> Engine::restore(const std::shared_ptr<Snapshot>& snapshot,
-                                    const std::string& template_name, const NetworkPolicy& policy) {
+                                    const std::string& template_name,
+                                    const std::optional<NetworkPolicy>& policy) {
     auto started = Clock::now();
     const SnapshotManifest& m = snapshot->manifest();
     RuntimeDir dir = RuntimeDir::create(vms_dir(), "vm");
     std::string id = dir.id();
     return with_context("restore " + id + " from snapshot " + m.source, [&] {
         fs::create_directories(layers_dir());
-        auto root =
-            std::make_shared<DiskLayer>(layers_dir() / new_layer_name(id), snapshot->disk(), false);
+        auto root = layer(layers_dir() / new_layer_name(id), snapshot->disk(), false);
         with_context("create disk overlay",
                      [&] { fs::copy_file(empty_overlay(*snapshot), root->path()); });
         MachineSpec spec{
@@ -407,9 +532,10 @@ std::unique_ptr<Vm> Engine::restore(const std::shared_ptr<Snapshot>& snapshot,
         if (snapshot->has_memory_file()) {
             spec.memory = {.file = snapshot->memory_file(), .shared = false};
         }
+        NetworkPolicy vm_policy = policy.value_or(NetworkPolicy{m.allow_egress});
         std::optional<VmNetwork> network;
         if (m.network) {
-            network = VmNetwork::create(id, policy, options_.network);
+            network = VmNetwork::create(id, vm_policy, options_.network);
             spec.netns_fd = network->netns_fd();
         }
         auto logger = holt::log::get("vm");
@@ -434,15 +560,16 @@ std::unique_ptr<Vm> Engine::restore(const std::shared_ptr<Snapshot>& snapshot,
 
         holt::log::get("vm")->info("vm={} restored from {} in {} ms", id, m.source,
                                    elapsed_ms(started));
-        return std::make_unique<Vm>(std::move(dir),
-                                    template_name.empty() ? m.template_name : template_name,
-                                    std::move(spec), std::move(root), std::move(network),
-                                    std::move(machine), std::move(agent));
+        VmRecord record =
+            new_record(id, template_name.empty() ? m.template_name : template_name, spec, vm_policy);
+        return std::make_unique<Vm>(std::move(dir), std::move(record), std::move(spec),
+                                    std::move(root), std::move(network), std::move(machine),
+                                    std::move(agent));
     });
 }
 
-std::shared_ptr<Snapshot> Engine::save_running(Vm& vm, bool resume) {
-    fs::path dir = run_dir() / "snapshots" / random_id(vm.id());
+std::shared_ptr<Snapshot> Engine::save_running(Vm& vm, bool resume, const fs::path& dir,
+                                               bool keep) {
     fs::create_directories(dir);
     auto frozen = vm.root_disk_;
     return with_context("snapshot " + vm.id(), [&] {
@@ -450,11 +577,10 @@ std::shared_ptr<Snapshot> Engine::save_running(Vm& vm, bool resume) {
         machine.pause();
         try {
             if (resume) {
-                auto next = std::make_shared<DiskLayer>(layers_dir() / new_layer_name(vm.id()),
-                                                        frozen, false);
+                auto next = layer(layers_dir() / new_layer_name(vm.id()), frozen, false);
                 machine.switch_disk_overlay(kRootDisk, next->path());
                 vm.root_disk_ = next;
-                record_disk_chain(vm.runtime_dir(), next);
+                vm.write_record();
             }
             machine.save_state(dir / "state", /*skip_shared_memory=*/false);
         } catch (...) {
@@ -481,23 +607,32 @@ std::shared_ptr<Snapshot> Engine::save_running(Vm& vm, bool resume) {
             .initrd = vm.spec_.initrd,
             .kernel_args = vm.spec_.kernel_args,
             .disk = frozen->path(),
+            .disk_chain = frozen->chain(),
             .network = vm.spec_.netns_fd >= 0,
+            .allow_egress = vm.network_policy().allow_egress_cidrs,
             .created_at = utc_now(),
         };
         Snapshot::write_manifest(dir, manifest);
-        return std::make_shared<Snapshot>(dir, manifest, frozen, /*persistent=*/false);
+        if (keep) {
+            frozen->set_persistent(true);
+        }
+        return std::make_shared<Snapshot>(dir, manifest, frozen, keep);
     });
 }
 
 std::shared_ptr<Snapshot> Engine::snapshot(Vm& vm) {
     auto started = Clock::now();
-    auto snapshot = save_running(vm, /*resume=*/true);
-    holt::log::get("vm")->info("vm={} snapshot taken in {} ms", vm.id(), elapsed_ms(started));
+    auto snapshot = save_running(vm, /*resume=*/true, snapshots_dir() / random_id("snap"),
+                                 /*keep=*/true);
+    holt::log::get("vm")->info("vm={} snapshot {} taken in {} ms", vm.id(), snapshot->id(),
+                               elapsed_ms(started));
     return snapshot;
 }
 
 std::vector<std::unique_ptr<Vm>> Engine::fork(Vm& parent, int count) {
-    auto snapshot = save_running(parent, /*resume=*/true);
+    // The children need the snapshot's state only while they load it; it lives with the parent.
+    auto snapshot = save_running(parent, /*resume=*/true, parent.runtime_dir() / random_id("fork"),
+                                 /*keep=*/false);
     std::vector<std::future<std::unique_ptr<Vm>>> pending;
     for (int i = 0; i < count; ++i) {
         pending.push_back(std::async(std::launch::async, [&] { return restore(snapshot); }));
@@ -519,15 +654,133 @@ std::vector<std::unique_ptr<Vm>> Engine::fork(Vm& parent, int count) {
 
 std::shared_ptr<Snapshot> Engine::hibernate(std::unique_ptr<Vm>& vm) {
     auto started = Clock::now();
-    auto snapshot = save_running(*vm, /*resume=*/false);  // on failure the VM runs on
+    // On failure the VM runs on.
+    auto snapshot = save_running(*vm, /*resume=*/false, snapshots_dir() / random_id("snap"),
+                                 /*keep=*/true);
     std::string id = vm->id();
     vm.reset();
-    holt::log::get("vm")->info("vm={} hibernated in {} ms", id, elapsed_ms(started));
+    holt::log::get("vm")->info("vm={} hibernated as {} in {} ms", id, snapshot->id(),
+                               elapsed_ms(started));
     return snapshot;
 }
 
 std::unique_ptr<Vm> Engine::wake(const std::shared_ptr<Snapshot>& hibernated) {
-    return restore(hibernated);
+    auto vm = restore(hibernated);
+    hibernated->remove();
+    return vm;
+}
+
+std::shared_ptr<Snapshot> Engine::open_snapshot(const std::string& id) {
+    if (id.empty() || id.find('/') != std::string::npos || id == "." || id == "..") {
+        throw Error("no snapshot \"" + id + "\"");
+    }
+    fs::path dir = snapshots_dir() / id;
+    SnapshotManifest manifest = Snapshot::read_manifest(dir);
+    auto disk = open_chain(manifest.disk_chain, /*top_persistent=*/true);
+    return std::make_shared<Snapshot>(dir, std::move(manifest), std::move(disk),
+                                      /*persistent=*/true);
+}
+
+void Engine::delete_snapshot(const std::string& id) {
+    open_snapshot(id)->remove();
+    holt::log::get("vm")->info("snapshot {} deleted", id);
+}
+
+std::vector<std::string> Engine::list_snapshots() const {
+    std::vector<std::pair<fs::file_time_type, std::string>> found;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(snapshots_dir(), ec)) {
+        if (fs::exists(entry.path() / "snapshot.json")) {
+            found.emplace_back(fs::last_write_time(entry.path() / "snapshot.json", ec),
+                               entry.path().filename().string());
+        }
+    }
+    std::sort(found.begin(), found.end());
+    std::vector<std::string> ids;
+    for (auto& [time, id] : found) {
+        ids.push_back(std::move(id));
+    }
+    return ids;
+}
+
+std::unique_ptr<Vm> Engine::adopt(const std::string& id) {
+    auto started = Clock::now();
+    return with_context("adopt " + id, [&] {
+        RuntimeDir dir = RuntimeDir::adopt(vms_dir(), id);
+        // From here on a failure leaves everything as it was found, for a sweep or a later try.
+        std::optional<VmNetwork> network;
+        std::unique_ptr<Machine> machine;
+        try {
+            std::optional<VmRecord> record = VmRecord::read(dir.path());
+            if (!record) {
+                throw Error("it has no vm.json: it was never fully made");
+            }
+            int pid = RuntimeDir::running_hypervisor(dir.path());
+            if (pid < 0) {
+                throw Error("its hypervisor has ended");
+            }
+            MachineSpec spec{
+                .id = id,
+                .vcpus = record->vcpus,
+                .memory_mib = record->memory_mib,
+                .accel = record->accel,
+                .kernel = record->kernel,
+                .initrd = record->initrd,
+                .kernel_args = record->kernel_args,
+                .disks = {DiskSpec{.id = kRootDisk, .path = record->disk_chain.front(),
+                                   .format = "qcow2"}},
+                .memory = {.file = record->memory_file, .shared = record->memory_shared},
+                .runtime_dir = dir.path(),
+            };
+            if (record->network) {
+                network = VmNetwork::adopt(id, options_.network);
+                spec.netns_fd = network->netns_fd();
+            }
+            machine = driver_.attach(spec, pid);
+            auto agent = with_context("connect to its agent", [&] {
+                return AgentClient::connect_unix(machine->agent_socket(),
+                                                 Clock::now() + options_.restore_timeout);
+            });
+            auto root = open_chain(record->disk_chain, /*top_persistent=*/false);
+            record->detached = false;
+            record->owner = options_.owner;
+            auto vm = std::make_unique<Vm>(std::move(dir), std::move(*record), std::move(spec),
+                                           std::move(root), std::move(network),
+                                           std::move(machine), std::move(agent));
+            holt::log::get("vm")->info("vm={} adopted in {} ms", id, elapsed_ms(started));
+            return vm;
+        } catch (...) {
+            if (machine) {
+                machine->detach();
+            }
+            if (network) {
+                network->detach();
+            }
+            dir.detach();
+            throw;
+        }
+    });
+}
+
+std::vector<VmInfo> Engine::list_vms() const {
+    std::vector<VmInfo> vms;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(vms_dir(), ec)) {
+        if (!entry.is_directory()) {
+            continue;
+        }
+        VmInfo info{.id = entry.path().filename().string()};
+        try {
+            info.record = VmRecord::read(entry.path());
+        } catch (const Error&) {
+        }
+        info.owned = RuntimeDir::is_owned(entry.path());
+        info.hypervisor_running = RuntimeDir::running_hypervisor(entry.path()) >= 0;
+        vms.push_back(std::move(info));
+    }
+    std::sort(vms.begin(), vms.end(),
+              [](const VmInfo& a, const VmInfo& b) { return a.id < b.id; });
+    return vms;
 }
 
 std::unique_ptr<AgentClient> Engine::wait_for_agent(Machine& machine, Clock::time_point deadline) {

@@ -956,6 +956,47 @@ VmNetwork VmNetwork::create(const std::string& vm_id, const NetworkPolicy& polic
     });
 }
 
+VmNetwork VmNetwork::adopt(const std::string& vm_id, const HostNetworkConfig& host) {
+    return with_context("adopt network of " + vm_id, [&] {
+        check_vm_id(vm_id);
+        Ipv4Cidr pool = parse_cidr(host.link_pool);
+        fs::path path = kNetnsDir / (kNetnsPrefix + vm_id);
+        int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            throw_errno("open " + path.string());
+        }
+        VmNetwork net;
+        net.vm_id_ = vm_id;
+        net.state_dir_ = host.state_dir;
+        net.netns_name_ = kNetnsPrefix + vm_id;
+        net.netns_fd_ = fd;
+        Rtnl rtnl;
+        for (const auto& link : rtnl.links()) {
+            if (is_host_link(link.name) && link.alias == kAliasPrefix + vm_id) {
+                unsigned slot = static_cast<unsigned>(
+                    std::stoul(link.name.substr(std::string_view(kHostLinkPrefix).size())));
+                std::uint32_t base = slot_base(pool, slot);
+                net.host_link_ = link.name;
+                net.host_address_ = format_ipv4(base + 1);
+                net.namespace_address_ = format_ipv4(base + 2);
+            }
+        }
+        if (net.host_link_.empty()) {
+            throw Error("its host link is gone");
+        }
+        return net;
+    });
+}
+
+void VmNetwork::detach() noexcept {
+    if (netns_fd_ >= 0) {
+        ::close(netns_fd_);
+    }
+    netns_fd_ = -1;
+    netns_name_.clear();
+    host_link_.clear();
+}
+
 std::uint32_t VmNetwork::add_host_link(bool has_egress, const HostNetworkConfig& host) {
     Ipv4Cidr pool = parse_cidr(host.link_pool);
     HostLock lock(host.state_dir);

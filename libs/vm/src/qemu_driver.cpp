@@ -139,6 +139,28 @@ class QemuMachine : public Machine {
 
     void kill() override { process_.kill_and_wait(); }
 
+    void detach() override {
+        qmp_.reset();
+        process_.release();
+    }
+
+    // After an attach: learns which node is the top of each disk's chain now (snapshots switch
+    // it), so later switches name the right one.
+    void learn_disk_nodes() {
+        boost::json::value blocks = qmp().execute("query-block");
+        for (const auto& entry : blocks.as_array()) {
+            const auto* inserted = entry.as_object().if_contains("inserted");
+            if (!inserted) {
+                continue;
+            }
+            std::string node(inserted->as_object().at("node-name").as_string());
+            std::string disk_id = node.substr(0, node.find('.'));
+            if (node.size() > disk_id.size()) {
+                overlay_generation_[disk_id] = std::stoi(node.substr(disk_id.size() + 1));
+            }
+        }
+    }
+
     void save_state(const std::filesystem::path& file, bool skip_shared_memory) override {
         with_context("save state of " + spec_.id + " to " + file.string(), [&] {
             set_ignore_shared(skip_shared_memory);
@@ -370,6 +392,15 @@ std::unique_ptr<Machine> QemuDriver::start(const MachineSpec& spec) {
         auto machine = std::make_unique<QemuMachine>(
             spec, ChildProcess::spawn(command_line(spec), spawn_options));
         machine->connect_qmp();
+        return std::unique_ptr<Machine>(std::move(machine));
+    });
+}
+
+std::unique_ptr<Machine> QemuDriver::attach(const MachineSpec& spec, int pid) {
+    return with_context("attach to QEMU " + std::to_string(pid) + " of " + spec.id, [&] {
+        auto machine = std::make_unique<QemuMachine>(spec, ChildProcess::adopt(pid));
+        machine->connect_qmp();
+        machine->learn_disk_nodes();
         return std::unique_ptr<Machine>(std::move(machine));
     });
 }

@@ -1,14 +1,11 @@
 #include "holt/vm/snapshot.hpp"
 
-#include <unistd.h>
-
-#include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
-#include <fstream>
-#include <iterator>
 
 #include "holt/common/error.hpp"
+#include "holt/common/files.hpp"
+#include "json_fields.hpp"
 
 namespace holt::vm {
 namespace {
@@ -16,20 +13,14 @@ namespace {
 namespace fs = std::filesystem;
 namespace json = boost::json;
 
-std::string get_string(const json::object& o, const char* key) {
-    const json::value* v = o.if_contains(key);
-    if (!v || !v->is_string()) {
-        throw Error(std::string("snapshot.json: field \"") + key + "\" missing or not a string");
-    }
-    return std::string(v->as_string());
-}
-
-int get_int(const json::object& o, const char* key) {
-    const json::value* v = o.if_contains(key);
-    if (!v || !v->is_int64()) {
-        throw Error(std::string("snapshot.json: field \"") + key + "\" missing or not a number");
-    }
-    return static_cast<int>(v->as_int64());
+void remove_snapshot_files(const fs::path& dir) {
+    // The disk layer is shared with the VMs restored from the snapshot and goes with them.
+    std::error_code ec;
+    fs::remove(dir / "snapshot.json", ec);
+    fs::remove(dir / "state", ec);
+    fs::remove(dir / "memory", ec);
+    fs::remove(dir / "overlay.qcow2", ec);
+    fs::remove(dir, ec);  // only once a layer inside is gone too
 }
 
 }  // namespace
@@ -44,6 +35,14 @@ DiskLayer::~DiskLayer() {
     }
 }
 
+std::vector<fs::path> DiskLayer::chain() const {
+    std::vector<fs::path> paths{path_};
+    for (auto layer = backing_; layer; layer = layer->backing()) {
+        paths.push_back(layer->path());
+    }
+    return paths;
+}
+
 Snapshot::Snapshot(fs::path dir, SnapshotManifest manifest, std::shared_ptr<DiskLayer> disk,
                    bool persistent)
     : dir_(std::move(dir)),
@@ -53,17 +52,17 @@ Snapshot::Snapshot(fs::path dir, SnapshotManifest manifest, std::shared_ptr<Disk
 
 Snapshot::~Snapshot() {
     if (!persistent_) {
-        // The disk layer is shared with the VMs restored from this snapshot and goes with them.
-        std::error_code ec;
-        fs::remove(dir_ / "snapshot.json", ec);
-        fs::remove(state_file(), ec);
-        fs::remove(memory_file(), ec);
-        fs::remove(dir_ / "overlay.qcow2", ec);
-        fs::remove(dir_, ec);  // only once the layer inside is gone too
+        remove_snapshot_files(dir_);
     }
 }
 
-std::shared_ptr<Snapshot> Snapshot::open(const fs::path& dir, bool persistent) {
+void Snapshot::remove() {
+    persistent_ = false;
+    disk_->set_persistent(false);
+    remove_snapshot_files(dir_);
+}
+
+SnapshotManifest Snapshot::read_manifest(const fs::path& dir) {
     return with_context("snapshot " + dir.string(), [&] {
         fs::path manifest_path = dir / "snapshot.json";
         if (!fs::exists(dir)) {
@@ -72,37 +71,39 @@ std::shared_ptr<Snapshot> Snapshot::open(const fs::path& dir, bool persistent) {
         if (!fs::exists(manifest_path)) {
             throw Error("partial: snapshot.json is missing");
         }
-        std::ifstream in(manifest_path);
-        std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        boost::system::error_code ec;
-        json::value parsed = json::parse(text, ec);
-        if (ec || !parsed.is_object()) {
-            throw Error("snapshot.json is not a JSON object");
-        }
-        const json::object& o = parsed.as_object();
+        JsonFields f = with_context("snapshot.json", [&] {
+            return JsonFields(read_text_file(manifest_path));
+        });
         SnapshotManifest m;
-        m.format = get_int(o, "format");
+        m.format = f.integer("format");
         if (m.format != kSnapshotFormat) {
             throw Error("format " + std::to_string(m.format) + ", this Holt reads format " +
                         std::to_string(kSnapshotFormat));
         }
-        m.kind = get_string(o, "kind");
-        m.source = get_string(o, "source");
-        m.template_name = get_string(o, "template");
-        m.key = get_string(o, "key");
-        m.vcpus = get_int(o, "vcpus");
-        m.memory_mib = get_int(o, "memory_mib");
-        m.accel = get_string(o, "accel") == "kvm" ? Accelerator::kvm : Accelerator::tcg;
-        m.kernel = get_string(o, "kernel");
-        m.initrd = get_string(o, "initrd");
-        m.kernel_args = get_string(o, "kernel_args");
-        m.disk = get_string(o, "disk");
-        const json::value* network = o.if_contains("network");
-        m.network = network && network->is_bool() && network->as_bool();
-        m.created_at = get_string(o, "created_at");
-        fs::path disk_path = m.disk.is_absolute() ? m.disk : dir / m.disk;
+        m.kind = f.string("kind");
+        m.source = f.string("source");
+        m.template_name = f.string("template");
+        m.key = f.string("key");
+        m.vcpus = f.integer("vcpus");
+        m.memory_mib = f.integer("memory_mib");
+        m.accel = f.string("accel") == "kvm" ? Accelerator::kvm : Accelerator::tcg;
+        m.kernel = f.string("kernel");
+        m.initrd = f.string("initrd");
+        m.kernel_args = f.string("kernel_args");
+        auto absolute = [&](const fs::path& p) { return p.is_absolute() ? p : dir / p; };
+        m.disk = absolute(f.string("disk"));
+        for (const auto& layer : f.strings("disk_chain")) {
+            m.disk_chain.push_back(absolute(layer));
+        }
+        if (m.disk_chain.empty()) {
+            m.disk_chain.push_back(m.disk);
+        }
+        m.network = f.boolean("network");
+        m.allow_egress = f.strings("allow_egress");
+        m.created_at = f.string("created_at");
 
-        std::vector<fs::path> needed = {dir / "state", disk_path, m.kernel, m.initrd};
+        std::vector<fs::path> needed = {dir / "state", m.kernel, m.initrd};
+        needed.insert(needed.end(), m.disk_chain.begin(), m.disk_chain.end());
         if (m.kind == "template") {
             needed.push_back(dir / "memory");
         }
@@ -111,12 +112,25 @@ std::shared_ptr<Snapshot> Snapshot::open(const fs::path& dir, bool persistent) {
                 throw Error(file.string() + " is missing");
             }
         }
-        auto disk = std::make_shared<DiskLayer>(disk_path, nullptr, persistent);
-        return std::make_shared<Snapshot>(dir, std::move(m), std::move(disk), persistent);
+        return m;
     });
 }
 
+std::shared_ptr<Snapshot> Snapshot::open(const fs::path& dir, bool persistent) {
+    SnapshotManifest m = read_manifest(dir);
+    auto disk = std::make_shared<DiskLayer>(m.disk, nullptr, persistent);
+    return std::make_shared<Snapshot>(dir, std::move(m), std::move(disk), persistent);
+}
+
 void Snapshot::write_manifest(const fs::path& dir, const SnapshotManifest& m) {
+    json::array chain;
+    for (const auto& layer : m.disk_chain) {
+        chain.emplace_back(layer.string());
+    }
+    json::array egress;
+    for (const auto& cidr : m.allow_egress) {
+        egress.emplace_back(cidr);
+    }
     json::object o{
         {"format", m.format},
         {"kind", m.kind},
@@ -130,19 +144,12 @@ void Snapshot::write_manifest(const fs::path& dir, const SnapshotManifest& m) {
         {"initrd", m.initrd.string()},
         {"kernel_args", m.kernel_args},
         {"disk", m.disk.string()},
+        {"disk_chain", std::move(chain)},
         {"network", m.network},
+        {"allow_egress", std::move(egress)},
         {"created_at", m.created_at},
     };
-    fs::path tmp = dir / ("snapshot.json.tmp." + std::to_string(::getpid()));
-    {
-        std::ofstream out(tmp);
-        out << json::serialize(o) << "\n";
-        out.flush();
-        if (!out) {
-            throw Error("write " + tmp.string() + " failed");
-        }
-    }
-    fs::rename(tmp, dir / "snapshot.json");
+    write_file_atomically(dir / "snapshot.json", json::serialize(o) + "\n");
 }
 
 }  // namespace holt::vm

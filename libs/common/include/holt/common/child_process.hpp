@@ -31,10 +31,14 @@ struct SpawnOptions {
 };
 
 // A long-running child process, such as a QEMU. The destructor kills and reaps it if it is still
-// running, so no path leaves it behind.
+// running, so no path leaves it behind (unless it was released).
 class ChildProcess {
   public:
     static ChildProcess spawn(const std::vector<std::string>& argv, const SpawnOptions& options);
+    // Takes charge of a running process this one did not start (a QEMU left by a process that
+    // died), through a pidfd so a recycled pid is never mistaken for it. Its exit status cannot
+    // be known: it ends with exit code -1. Throws holt::Error if it is not running.
+    static ChildProcess adopt(pid_t pid);
 
     ChildProcess(ChildProcess&&) noexcept;
     ChildProcess& operator=(ChildProcess&&) noexcept;
@@ -48,11 +52,17 @@ class ChildProcess {
     void send_signal(int signal);
     // SIGKILL and reap; no-op if already ended.
     void kill_and_wait();
+    // Lets the process run on without this object: it is neither killed nor reaped (a later
+    // process may adopt() it).
+    void release();
     std::optional<ExitStatus> exit_status() const { return status_; }
 
   private:
     ChildProcess() = default;
+    void close_pidfd();
+
     pid_t pid_ = -1;
+    int pidfd_ = -1;  // set for adopted processes, which waitpid cannot reap
     std::optional<ExitStatus> status_;
 };
 

@@ -45,6 +45,8 @@ class Machine {
     virtual void stop(std::chrono::milliseconds grace) = 0;
     // Kills the hypervisor process at once.
     virtual void kill() = 0;
+    // Lets the VM run on without this object, for a later Driver::attach().
+    virtual void detach() = 0;
 };
 
 // Starts VMs on one kind of hypervisor. The QEMU driver is the first; others (Firecracker) can
@@ -56,6 +58,10 @@ class Driver {
     // Starts the hypervisor for `spec` and returns once it runs the guest. Booting the guest to a
     // ready agent is the caller's business (see Engine), because it needs the agent client.
     virtual std::unique_ptr<Machine> start(const MachineSpec& spec) = 0;
+    // Takes charge of the running hypervisor `pid` that serves `spec` (started by a process
+    // that has since died or detached it; RuntimeDir::running_hypervisor() finds it). Throws
+    // holt::Error if it cannot be driven.
+    virtual std::unique_ptr<Machine> attach(const MachineSpec& spec, int pid) = 0;
 };
 
 }  // namespace holt::vm

@@ -16,6 +16,7 @@
 #include "holt/vm/qemu_driver.hpp"
 #include "holt/vm/runtime_dir.hpp"
 #include "holt/vm/snapshot.hpp"
+#include "holt/vm/vm_record.hpp"
 
 namespace holt::vm {
 
@@ -36,6 +37,10 @@ struct EngineOptions {
     std::chrono::milliseconds restore_timeout = std::chrono::seconds(10);
     // Host-wide settings of VM networks (uplinks for allowed egress, the link address pool).
     HostNetworkConfig network;
+    // Who owns the VMs this engine makes ("holt-sandboxd", "holt-vm"). A sweep removes only its
+    // own owner's VMs whose process died (another service adopts its own on restart), plus any
+    // whose hypervisor has ended.
+    std::string owner = "holt";
 };
 
 struct VmOptions {
@@ -50,25 +55,28 @@ struct VmOptions {
 };
 
 // A running VM with a ready agent. It owns everything the VM created on the host (hypervisor
-// process, sockets, logs, its writable disk layer); destroying it kills the VM and removes them.
-// Disk layers it stands on that snapshots or other VMs still use stay until they let go.
+// process, sockets, logs, its writable disk layer); destroying it kills the VM and removes them,
+// unless it was detached. Disk layers it stands on that snapshots or other VMs still use stay
+// until they let go. vm.json in its runtime directory records what it is (vm_record.hpp).
 class Vm {
   public:
-    Vm(RuntimeDir dir, std::string template_name, MachineSpec spec,
-       std::shared_ptr<DiskLayer> root_disk, std::optional<VmNetwork> network,
-       std::unique_ptr<Machine> machine, std::unique_ptr<AgentClient> agent);
+    Vm(RuntimeDir dir, VmRecord record, MachineSpec spec, std::shared_ptr<DiskLayer> root_disk,
+       std::optional<VmNetwork> network, std::unique_ptr<Machine> machine,
+       std::unique_ptr<AgentClient> agent);
     ~Vm();
     Vm(const Vm&) = delete;
     Vm& operator=(const Vm&) = delete;
 
     const std::string& id() const { return dir_.id(); }
-    const std::string& template_name() const { return template_name_; }
+    const std::string& template_name() const { return record_.template_name; }
+    const std::string& created_at() const { return record_.created_at; }
     const std::filesystem::path& runtime_dir() const { return dir_.path(); }
     const MachineSpec& spec() const { return spec_; }
     AgentClient& agent() { return *agent_; }
     Machine& machine() { return *machine_; }
     // The VM's network (to open connections to its ports), or nullptr when it has no NIC.
     const VmNetwork* network() const { return network_ ? &*network_ : nullptr; }
+    const NetworkPolicy& network_policy() const { return record_.policy; }
 
     // Drops the agent connection and opens a new one, as a restarted host process would.
     AgentClient& reconnect_agent(std::chrono::milliseconds timeout = std::chrono::seconds(10));
@@ -77,17 +85,29 @@ class Vm {
     void stop();
     // Kills the VM at once. Its files go with the object.
     void kill();
+    // Lets the VM run on, with all its files, after this object goes: Engine::adopt() takes it
+    // over later, from this process or another. Sweeps leave a detached VM alone while it runs.
+    void detach();
 
   private:
     friend class Engine;
+    void write_record();
 
     RuntimeDir dir_;
-    std::string template_name_;
+    VmRecord record_;
     MachineSpec spec_;
     std::shared_ptr<DiskLayer> root_disk_;
     std::optional<VmNetwork> network_;  // outlives the machine: QEMU must be gone first
     std::unique_ptr<Machine> machine_;
     std::unique_ptr<AgentClient> agent_;
+};
+
+// A VM's runtime directory as Engine::list_vms() finds it.
+struct VmInfo {
+    std::string id;
+    std::optional<VmRecord> record;  // absent for a VM that was never fully made
+    bool owned = false;              // a live process holds it
+    bool hypervisor_running = false;
 };
 
 // The VM engine: turns templates and snapshots into running VMs. Thread-safe.
@@ -116,28 +136,48 @@ class Engine {
     // partial or stale (one warning says which).
     std::shared_ptr<Snapshot> template_snapshot(const VmOptions& options);
 
-    // Pauses `vm`, saves it, and resumes it. The snapshot can be restored any number of times.
+    // Pauses `vm`, saves it, and resumes it. The snapshot is kept (in RUN/snapshots/<id>, across
+    // restarts: open_snapshot()) until delete_snapshot(), and can be restored any number of times.
     std::shared_ptr<Snapshot> snapshot(Vm& vm);
     // A new VM from `snapshot`, with its processes and files as they were, the clock set to now
-    // and fresh entropy.
-    // A snapshot of a VM with a NIC restores with one (egress per `policy`), one without without.
+    // and fresh entropy. A snapshot of a VM with a NIC restores with one, with egress per
+    // `policy` (default: the snapshotted VM's); one without, without.
     std::unique_ptr<Vm> restore(const std::shared_ptr<Snapshot>& snapshot,
                                 const std::string& template_name = "",
-                                const NetworkPolicy& policy = {});
+                                const std::optional<NetworkPolicy>& policy = std::nullopt);
     // `count` children of `parent`, each starting from the parent's memory, processes and files
-    // at this moment. The parent runs on.
+    // at this moment, with its network policy. The parent runs on.
     std::vector<std::unique_ptr<Vm>> fork(Vm& parent, int count);
     // Saves `vm` and stops it; it then holds no memory or CPU. wake() brings it back. `vm` is
-    // reset once the state is saved; if saving fails, it keeps running and stays in `vm`.
+    // reset once the state is saved; if saving fails, it keeps running and stays in `vm`. The
+    // snapshot is kept like snapshot()'s until wake() consumes it.
     std::shared_ptr<Snapshot> hibernate(std::unique_ptr<Vm>& vm);
+    // Restores a hibernated VM and deletes its snapshot.
     std::unique_ptr<Vm> wake(const std::shared_ptr<Snapshot>& hibernated);
+
+    // A kept snapshot by id ("snap-3f2a9c1d"), made by this process or an earlier one. Throws
+    // holt::Error if there is none or it is unusable.
+    std::shared_ptr<Snapshot> open_snapshot(const std::string& id);
+    // Deletes a kept snapshot; VMs restored from it are not affected.
+    void delete_snapshot(const std::string& id);
+    // The ids of the kept snapshots, oldest first.
+    std::vector<std::string> list_snapshots() const;
+
+    // Takes over VM `id`, left running by a process that died or detached it, with its agent
+    // connected again. Throws holt::Error saying why it cannot (no such VM, owned by a live
+    // process, its hypervisor has ended); the VM's files are then left as they were.
+    std::unique_ptr<Vm> adopt(const std::string& id);
+    // Every VM runtime directory under this engine's run directory.
+    std::vector<VmInfo> list_vms() const;
 
     // The accelerator VMs run on, decided once (with a probe boot of `probe_template` if KVM
     // has to be tested); later calls return the same choice.
     AcceleratorChoice accelerator(const std::string& probe_template);
 
-    // Removes the runtime directories, disk layers, hypervisors and network namespaces of VMs
-    // whose owner process died.
+    // Removes the runtime directories, disk layers, hypervisors and network namespaces of this
+    // owner's VMs whose process died without detaching them, and what any VM whose hypervisor has
+    // ended left behind. Then deletes disk layers nothing names any more. Adopt first: a VM is
+    // swept only while nobody owns it.
     std::vector<std::string> sweep_stale_vms();
 
   private:
@@ -162,8 +202,24 @@ class Engine {
     std::shared_ptr<Snapshot> make_template_snapshot(const VmOptions& options,
                                                      const std::string& key,
                                                      const std::filesystem::path& dir);
-    std::shared_ptr<Snapshot> save_running(Vm& vm, bool resume);
+    // Pauses `vm` and saves it into `dir`; resumes it on a new disk layer if `resume`. A `keep`
+    // snapshot and its disk layer stay on disk when the object goes.
+    std::shared_ptr<Snapshot> save_running(Vm& vm, bool resume, const std::filesystem::path& dir,
+                                           bool keep);
     std::string new_layer_name(const std::string& owner) const;
+    std::filesystem::path snapshots_dir() const { return run_dir() / "snapshots"; }
+    VmRecord new_record(const std::string& id, const std::string& template_name,
+                        const MachineSpec& spec, const NetworkPolicy& policy) const;
+    // The layer at `path` over `backing`, shared with every other user of that file in this
+    // process (one object per file, so the last user's release decides its fate).
+    std::shared_ptr<DiskLayer> layer(const std::filesystem::path& path,
+                                     std::shared_ptr<DiskLayer> backing, bool persistent);
+    // The layers of `chain` (top first) as objects, the top one ephemeral unless `top_persistent`;
+    // those under it persistent when a template or kept snapshot owns them.
+    std::shared_ptr<DiskLayer> open_chain(const std::vector<std::filesystem::path>& chain,
+                                          bool top_persistent);
+    // Deletes files in layers_dir() that no VM, snapshot or object of this process names.
+    void collect_layers();
 
     EngineOptions options_;
     ImageStore images_;
@@ -172,6 +228,8 @@ class Engine {
     std::optional<AcceleratorChoice> accel_;
     std::mutex templates_mutex_;
     std::map<std::string, std::shared_ptr<Snapshot>> templates_;
+    std::mutex layers_mutex_;
+    std::map<std::filesystem::path, std::weak_ptr<DiskLayer>> layers_;
 };
 
 // Creates a qcow2 overlay at `overlay` whose backing file is `base` (never written through).

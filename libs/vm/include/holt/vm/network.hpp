@@ -68,6 +68,9 @@ class VmNetwork {
     // naming the VM and the step that failed; nothing is left behind then.
     static VmNetwork create(const std::string& vm_id, const NetworkPolicy& policy,
                             const HostNetworkConfig& host = {});
+    // Takes charge of the existing network of VM `vm_id` (made by a process that has since died
+    // or detached it), with the policy it was made with. Throws holt::Error if it is gone.
+    static VmNetwork adopt(const std::string& vm_id, const HostNetworkConfig& host = {});
 
     VmNetwork(VmNetwork&& other) noexcept;
     VmNetwork& operator=(VmNetwork&& other) noexcept;
@@ -107,6 +110,9 @@ class VmNetwork {
     // An unconnected non-blocking TCP socket (O_CLOEXEC) inside the VM's namespace, for callers
     // that connect asynchronously (the edge proxy hands it to Asio and connects to kGuestAddress).
     int open_tcp_socket() const;
+
+    // Lets the network outlive this object, for a later adopt().
+    void detach() noexcept;
 
     // Removes the namespaces, links and host rules that VMs no longer running left behind (after a
     // crash). `is_alive(vm_id)` decides, and must know every VM of every Holt process on the host.

@@ -29,6 +29,7 @@ class QemuDriver : public Driver {
 
     std::string name() const override { return "qemu-microvm"; }
     std::unique_ptr<Machine> start(const MachineSpec& spec) override;
+    std::unique_ptr<Machine> attach(const MachineSpec& spec, int pid) override;
 
     // The full QEMU command line for `spec` (exposed for tests and for `holt-vm --dry-run`).
     std::vector<std::string> command_line(const MachineSpec& spec) const;

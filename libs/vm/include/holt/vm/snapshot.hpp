@@ -10,19 +10,27 @@
 //   memory         (template snapshots only) the guest RAM image; every restore maps it
 //                  copy-on-write, so clones share its pages and the file never changes
 //   disk.qcow2     (template snapshots) the frozen layer of the root disk, read-only from then on;
-//                  a VM snapshot's frozen layer stays where it was made, in DATA/layers, and
+//                  a VM snapshot's frozen layer stays where it was made, in RUN/layers, and
 //                  snapshot.json names it
 //   overlay.qcow2  an empty overlay over the disk layer, copied to start each restore's own
 //
 // snapshot.json fields: format, kind ("template" or "vm"), source (template name or VM id),
 // template,
 // key (what the snapshot was made from; a template snapshot whose key differs is stale),
-// vcpus, memory_mib, accel, kernel, initrd, kernel_args, disk (relative to the directory or
-// absolute), network (whether the VM had a NIC), created_at.
+// vcpus, memory_mib, accel, kernel, initrd, kernel_args, disk (the frozen layer, relative to the
+// directory or absolute), disk_chain (every layer under it, the frozen one first, down to the
+// template's), network (whether the VM had a NIC), allow_egress (the VM's network policy, which
+// its restores get unless told otherwise), created_at.
+//
+// Kept snapshots (Engine::snapshot, Engine::hibernate) live in RUN/snapshots/<id> until deleted;
+// the snapshot a fork restores its children from lives in the parent's runtime directory and goes
+// with the last child's start.
 
+#include <atomic>
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "holt/vm/machine_spec.hpp"
 
@@ -42,11 +50,17 @@ class DiskLayer {
 
     const std::filesystem::path& path() const { return path_; }
     const std::shared_ptr<DiskLayer>& backing() const { return backing_; }
+    // Whether the file stays when the last user lets go (a kept snapshot's layer); a layer whose
+    // snapshot is deleted becomes ephemeral and goes with the VMs that still stand on it.
+    void set_persistent(bool persistent) { persistent_ = persistent; }
+
+    // The paths of this layer and every layer under it, this one first.
+    std::vector<std::filesystem::path> chain() const;
 
   private:
     std::filesystem::path path_;
     std::shared_ptr<DiskLayer> backing_;
-    bool persistent_;
+    std::atomic<bool> persistent_;
 };
 
 struct SnapshotManifest {
@@ -62,7 +76,9 @@ struct SnapshotManifest {
     std::filesystem::path initrd;
     std::string kernel_args;
     std::filesystem::path disk = "disk.qcow2";
+    std::vector<std::filesystem::path> disk_chain;  // empty: `disk` alone
     bool network = false;  // the VM had a NIC; restores need one too
+    std::vector<std::string> allow_egress;
     std::string created_at;
 };
 
@@ -76,10 +92,15 @@ class Snapshot {
     Snapshot(const Snapshot&) = delete;
     Snapshot& operator=(const Snapshot&) = delete;
 
-    // Opens a complete snapshot directory. Throws holt::Error saying what is wrong with it
-    // (missing, partial, another format, a file gone).
+    // Opens a complete template snapshot directory. Throws holt::Error saying what is wrong with
+    // it (missing, partial, another format, a file gone).
     static std::shared_ptr<Snapshot> open(const std::filesystem::path& dir, bool persistent);
+    // Reads and checks snapshot.json of `dir`, and that the files it names exist; disk and
+    // disk_chain come back absolute.
+    static SnapshotManifest read_manifest(const std::filesystem::path& dir);
 
+    // The directory's name: "snap-3f2a9c1d" for kept snapshots.
+    std::string id() const { return dir_.filename().string(); }
     const std::filesystem::path& dir() const { return dir_; }
     const SnapshotManifest& manifest() const { return manifest_; }
     const std::shared_ptr<DiskLayer>& disk() const { return disk_; }
@@ -91,11 +112,14 @@ class Snapshot {
     // Writes snapshot.json into `dir` atomically; call last, once every other file is complete.
     static void write_manifest(const std::filesystem::path& dir, const SnapshotManifest& manifest);
 
+    // Removes the snapshot's files now, and lets its disk layer go with the last VM on it.
+    void remove();
+
   private:
     std::filesystem::path dir_;
     SnapshotManifest manifest_;
     std::shared_ptr<DiskLayer> disk_;
-    bool persistent_;
+    std::atomic<bool> persistent_;
 };
 
 }  // namespace holt::vm
