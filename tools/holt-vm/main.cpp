@@ -1,5 +1,7 @@
-// holt-vm: the operator's tool for Holt's VM engine. It builds guest images and boots throwaway
-// VMs to run a command or an interactive shell in; every VM it boots is removed when it exits.
+// holt-vm: the operator's tool for Holt's VM engine. It builds guest images, boots throwaway VMs
+// to run a command or an interactive shell in (removed when it exits), and drives VMs that live
+// between its invocations (start, exec, snapshot, restore, fork, hibernate, wake, kill, ls): those
+// are detached VMs, adopted for the length of one command.
 
 #include <fcntl.h>
 #include <poll.h>
@@ -48,6 +50,7 @@ fs::path own_directory() {
 
 Engine make_engine(const GlobalOptions& global) {
     EngineOptions options;
+    options.owner = "holt-vm";
     options.data_dir =
         global.data_dir.empty() ? holt::default_data_dir() : fs::path(global.data_dir);
     options.recipes_dir = HOLT_IMAGES_DIR;
@@ -237,6 +240,148 @@ int shell(const GlobalOptions& global, const VmCommandOptions& vm_opts) {
     return code;
 }
 
+
+// ---- VMs that live between invocations ------------------------------------------------------
+
+// Adopts detached VM `id`, runs `fn` on it and detaches it again, whatever `fn` does.
+template <typename Fn>
+auto with_detached_vm(Engine& engine, const std::string& id, Fn&& fn) {
+    auto vm = engine.adopt(id);
+    struct DetachOnExit {
+        std::unique_ptr<holt::vm::Vm>& vm;
+        ~DetachOnExit() {
+            if (vm) {
+                vm->detach();
+            }
+        }
+    } detach_on_exit{vm};
+    return fn(vm);
+}
+
+int start(const GlobalOptions& global, const VmCommandOptions& vm_opts,
+          const std::vector<std::string>& allow_egress) {
+    Engine engine = make_engine(global);
+    VmOptions options = vm_options(vm_opts);
+    if (!allow_egress.empty()) {
+        options.network = holt::vm::NetworkPolicy{allow_egress};
+    }
+    auto vm = engine.create(options);
+    std::printf("%s\n", vm->id().c_str());
+    vm->detach();
+    return 0;
+}
+
+int exec(const GlobalOptions& global, const std::string& id,
+         const std::vector<std::string>& command) {
+    Engine engine = make_engine(global);
+    return with_detached_vm(engine, id, [&](auto& vm) {
+        holt::vm::ExecRequest spec;
+        spec.argv = command;
+        spec.timeout = std::chrono::milliseconds(0);
+        holt::vm::ExecCallbacks callbacks;
+        callbacks.on_stdout = [](std::string_view data) {
+            std::fwrite(data.data(), 1, data.size(), stdout);
+            std::fflush(stdout);
+        };
+        callbacks.on_stderr = [](std::string_view data) {
+            std::fwrite(data.data(), 1, data.size(), stderr);
+        };
+        auto session = vm->agent().start(spec, callbacks);
+        std::optional<holt::vm::ExitStatus> status;
+        while (!(status = session->wait_for(std::chrono::milliseconds(100)))) {
+            if (stop_signal != 0) {
+                return 128 + static_cast<int>(stop_signal);  // the command runs on in the VM
+            }
+        }
+        return exit_code_of(*status);
+    });
+}
+
+int snapshot(const GlobalOptions& global, const std::string& id) {
+    Engine engine = make_engine(global);
+    return with_detached_vm(engine, id, [&](auto& vm) {
+        std::printf("%s\n", engine.snapshot(*vm)->id().c_str());
+        return 0;
+    });
+}
+
+int restore(const GlobalOptions& global, const std::string& snapshot_id, bool wake) {
+    Engine engine = make_engine(global);
+    auto snapshot = engine.open_snapshot(snapshot_id);
+    auto vm = wake ? engine.wake(snapshot) : engine.restore(snapshot);
+    std::printf("%s\n", vm->id().c_str());
+    vm->detach();
+    return 0;
+}
+
+int fork(const GlobalOptions& global, const std::string& id, int count) {
+    Engine engine = make_engine(global);
+    return with_detached_vm(engine, id, [&](auto& vm) {
+        for (auto& child : engine.fork(*vm, count)) {
+            std::printf("%s\n", child->id().c_str());
+            child->detach();
+        }
+        return 0;
+    });
+}
+
+int hibernate(const GlobalOptions& global, const std::string& id) {
+    Engine engine = make_engine(global);
+    auto vm = engine.adopt(id);
+    try {
+        std::printf("%s\n", engine.hibernate(vm)->id().c_str());
+    } catch (...) {
+        vm->detach();  // it runs on
+        throw;
+    }
+    return 0;
+}
+
+int kill(const GlobalOptions& global, const std::vector<std::string>& ids) {
+    Engine engine = make_engine(global);
+    for (const auto& id : ids) {
+        engine.adopt(id)->kill();
+    }
+    return 0;
+}
+
+int delete_snapshots(const GlobalOptions& global, const std::vector<std::string>& ids) {
+    Engine engine = make_engine(global);
+    for (const auto& id : ids) {
+        engine.delete_snapshot(id);
+    }
+    return 0;
+}
+
+int ls(const GlobalOptions& global) {
+    Engine engine = make_engine(global);
+    engine.sweep_stale_vms();
+    std::printf("%-14s %-18s %-10s %5s %7s  %s\n", "VM", "TEMPLATE", "STATE", "VCPUS", "MEMORY",
+                "CREATED");
+    for (const auto& vm : engine.list_vms()) {
+        const auto& r = vm.record;
+        std::string state = !vm.hypervisor_running ? "ended"
+                            : vm.owned             ? "in use"
+                            : r && r->detached     ? "detached"
+                                                   : "orphaned";
+        std::printf("%-14s %-18s %-10s %5d %6dM  %s\n", vm.id.c_str(),
+                    r ? r->template_name.c_str() : "?", state.c_str(), r ? r->vcpus : 0,
+                    r ? r->memory_mib : 0, r ? r->created_at.c_str() : "");
+    }
+    std::printf("\n%-14s %-14s %-18s %s\n", "SNAPSHOT", "OF VM", "TEMPLATE", "CREATED");
+    for (const auto& id : engine.list_snapshots()) {
+        try {
+            auto m = holt::vm::Snapshot::read_manifest(engine.vms_dir().parent_path() /
+                                                       "snapshots" / id);
+            std::printf("%-14s %-14s %-18s %s\n", id.c_str(), m.source.c_str(),
+                        m.template_name.c_str(), m.created_at.c_str());
+        } catch (const holt::Error& e) {
+            std::printf("%-14s unusable: %s\n", id.c_str(), e.what());
+        }
+    }
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -275,6 +420,45 @@ int main(int argc, char** argv) {
         app.add_subcommand("shell", "an interactive shell in a fresh VM, removed when you exit");
     add_vm_options(*shell_cmd, shell_vm);
 
+    VmCommandOptions start_vm;
+    std::vector<std::string> allow_egress;
+    auto* start_cmd = app.add_subcommand(
+        "start", "start a VM that runs on after holt-vm exits (detached); prints its id");
+    add_vm_options(*start_cmd, start_vm);
+    start_cmd->add_option("--allow-egress", allow_egress,
+                          "give it a network, with egress to this IPv4 CIDR (repeatable)");
+
+    std::string vm_id, snapshot_id;
+    std::vector<std::string> ids;
+    std::vector<std::string> exec_command;
+    auto* exec_cmd = app.add_subcommand(
+        "exec", "run a command in a detached VM, streaming its output; exits with its code");
+    exec_cmd->add_option("vm", vm_id, "VM id (see holt-vm ls)")->required();
+    exec_cmd->add_option("command", exec_command, "the command and its arguments (after --)")
+        ->required();
+    auto* snapshot_cmd = app.add_subcommand(
+        "snapshot", "snapshot a detached VM (it runs on); prints the snapshot's id");
+    snapshot_cmd->add_option("vm", vm_id, "VM id")->required();
+    auto* restore_cmd = app.add_subcommand(
+        "restore", "start a detached VM from a snapshot (any number of times); prints its id");
+    restore_cmd->add_option("snapshot", snapshot_id, "snapshot id (see holt-vm ls)")->required();
+    int fork_count = 1;
+    auto* fork_cmd = app.add_subcommand(
+        "fork", "copy a running detached VM into new detached VMs; prints their ids");
+    fork_cmd->add_option("vm", vm_id, "VM id")->required();
+    fork_cmd->add_option("-n,--count", fork_count, "how many children")->check(CLI::Range(1, 64));
+    auto* hibernate_cmd = app.add_subcommand(
+        "hibernate", "save a detached VM to disk and stop it; prints the snapshot to wake");
+    hibernate_cmd->add_option("vm", vm_id, "VM id")->required();
+    auto* wake_cmd = app.add_subcommand(
+        "wake", "bring a hibernated VM back (its snapshot is used up); prints its new id");
+    wake_cmd->add_option("snapshot", snapshot_id, "the snapshot hibernate printed")->required();
+    auto* kill_cmd = app.add_subcommand("kill", "kill detached VMs and remove their files");
+    kill_cmd->add_option("vms", ids, "VM ids")->required();
+    auto* rm_snapshot_cmd = app.add_subcommand("rm-snapshot", "delete kept snapshots");
+    rm_snapshot_cmd->add_option("snapshots", ids, "snapshot ids")->required();
+    auto* ls_cmd = app.add_subcommand("ls", "list VMs and kept snapshots");
+
     CLI11_PARSE(app, argc, argv);
     holt::log::init(global.log_level.empty() ? "warn" : global.log_level);
 
@@ -293,6 +477,36 @@ int main(int argc, char** argv) {
         }
         if (shell_cmd->parsed()) {
             return shell(global, shell_vm);
+        }
+        if (start_cmd->parsed()) {
+            return start(global, start_vm, allow_egress);
+        }
+        if (exec_cmd->parsed()) {
+            for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+                std::signal(sig, [](int received) { stop_signal = received; });
+            }
+            return exec(global, vm_id, exec_command);
+        }
+        if (snapshot_cmd->parsed()) {
+            return snapshot(global, vm_id);
+        }
+        if (restore_cmd->parsed() || wake_cmd->parsed()) {
+            return restore(global, snapshot_id, /*wake=*/wake_cmd->parsed());
+        }
+        if (fork_cmd->parsed()) {
+            return fork(global, vm_id, fork_count);
+        }
+        if (hibernate_cmd->parsed()) {
+            return hibernate(global, vm_id);
+        }
+        if (kill_cmd->parsed()) {
+            return kill(global, ids);
+        }
+        if (rm_snapshot_cmd->parsed()) {
+            return delete_snapshots(global, ids);
+        }
+        if (ls_cmd->parsed()) {
+            return ls(global);
         }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "holt-vm: %s\n", e.what());

@@ -742,7 +742,8 @@ std::unique_ptr<Vm> Engine::adopt(const std::string& id) {
                                                  Clock::now() + options_.restore_timeout);
             });
             auto root = open_chain(record->disk_chain, /*top_persistent=*/false);
-            record->detached = false;
+            // A detached VM stays detached (sweeps leave it alone) until it is detached again or
+            // goes; an adopter that dies mid-operation must not make it sweepable.
             record->owner = options_.owner;
             auto vm = std::make_unique<Vm>(std::move(dir), std::move(*record), std::move(spec),
                                            std::move(root), std::move(network),

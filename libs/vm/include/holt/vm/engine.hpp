@@ -86,7 +86,8 @@ class Vm {
     // Kills the VM at once. Its files go with the object.
     void kill();
     // Lets the VM run on, with all its files, after this object goes: Engine::adopt() takes it
-    // over later, from this process or another. Sweeps leave a detached VM alone while it runs.
+    // over later, from this process or another. Sweeps leave a detached VM alone while it runs,
+    // also while someone has adopted it, until it is killed.
     void detach();
 
   private:
