@@ -46,9 +46,8 @@ std::unique_ptr<pqxx::connection> Database::open_connection() const {
 
 Database::Lease Database::acquire() {
     std::unique_lock lock(mutex_);
-    bool free = freed_.wait_for(lock, options_.acquire_timeout, [&] {
-        return !idle_.empty() || open_ < options_.max_connections;
-    });
+    bool free = freed_.wait_for(lock, options_.acquire_timeout,
+                                [&] { return !idle_.empty() || open_ < options_.max_connections; });
     if (!free) {
         throw Error("database " + redacted_url_ + ": no free connection after " +
                     std::to_string(options_.acquire_timeout.count()) + " ms (all " +
@@ -120,7 +119,8 @@ void Database::rethrow_translated() const {
     } catch (const pqxx::in_doubt_error& e) {
         throw DatabaseError("database " + redacted_url_ +
                                 ": connection lost during commit; the transaction may or may "
-                                "not have committed: " + e.what(),
+                                "not have committed: " +
+                                e.what(),
                             "");
     } catch (const pqxx::broken_connection& e) {
         throw DatabaseError("database " + redacted_url_ + ": connection lost: " + e.what(), "");

@@ -241,9 +241,9 @@ fs::path find_bin_dir(const LocalClusterOptions& options, const Layout& l) {
     if (!version.empty()) {
         fs::path bin = fs::path("/usr/lib/postgresql") / version / "bin";
         if (!fs::exists(bin / "postgres")) {
-            throw Error("the cluster in " + l.data.string() + " was made by PostgreSQL " +
-                        version + ", which is not installed (" + bin.string() +
-                        "); install postgresql-" + version + " or upgrade the cluster");
+            throw Error("the cluster in " + l.data.string() + " was made by PostgreSQL " + version +
+                        ", which is not installed (" + bin.string() + "); install postgresql-" +
+                        version + " or upgrade the cluster");
         }
         return bin;
     }
@@ -298,10 +298,11 @@ void run_initdb(const ServerUser& user, const fs::path& bin, const Layout& l) {
     fs::remove_all(staging);
     make_private_dir(user, staging);
     log->info("postgres: creating cluster in {} with {}", l.data.string(), bin.string());
-    auto result = run_command(as_server_user(
-        user, l.dir,
-        {(bin / "initdb").string(), "--pgdata=" + staging.string(), "--username=" + std::string(kSuperuser),
-         "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8"}));
+    auto result =
+        run_command(as_server_user(user, l.dir,
+                                   {(bin / "initdb").string(), "--pgdata=" + staging.string(),
+                                    "--username=" + std::string(kSuperuser), "--auth=trust",
+                                    "--encoding=UTF8", "--locale=C.UTF-8"}));
     if (!result.status.success()) {
         fs::remove_all(staging);
         throw Error("initdb " + staging.string() + ": " + result.status.describe() + ":" +
@@ -327,11 +328,11 @@ void start_server(const ServerUser& user, const fs::path& bin, const Layout& l,
         fs::remove(l.data / "postmaster.pid");
     }
     log->info("postgres: starting the server of {}", l.data.string());
-    auto result = run_command(as_server_user(
-        user, l.dir,
-        {(bin / "pg_ctl").string(), "start", "--silent", "--wait",
-         "--timeout=" + std::to_string(options.start_timeout.count()),
-         "--pgdata=" + l.data.string(), "--log=" + l.log.string()}));
+    auto result =
+        run_command(as_server_user(user, l.dir,
+                                   {(bin / "pg_ctl").string(), "start", "--silent", "--wait",
+                                    "--timeout=" + std::to_string(options.start_timeout.count()),
+                                    "--pgdata=" + l.data.string(), "--log=" + l.log.string()}));
     if (!result.status.success()) {
         throw Error("pg_ctl start: " + result.status.describe() + ":" +
                     last_lines(result.output, 5) + log_tail(l));
@@ -358,8 +359,8 @@ std::string LocalCluster::ensure_started() {
             throw Error("the socket path under " + l.run.string() +
                         " is too long for a unix socket; choose a shorter data directory");
         }
-        auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
-            options_.start_timeout * 2);
+        auto timeout =
+            std::chrono::duration_cast<std::chrono::milliseconds>(options_.start_timeout * 2);
 
         if (!fs::exists(l.dir)) {
             fs::create_directories(l.dir.parent_path());
@@ -368,8 +369,8 @@ std::string LocalCluster::ensure_started() {
         FileLock lock(l.dir / "lock", timeout);
 
         auto server = running_server(l.data);
-        if (!server || !answers(socket_url("postgres", server->socket_dir, server->port,
-                                           kSuperuser))) {
+        if (!server ||
+            !answers(socket_url("postgres", server->socket_dir, server->port, kSuperuser))) {
             check_reachable(user, l);
             make_private_dir(user, l.run);
             make_private_dir(user, l.log_dir);
@@ -390,7 +391,8 @@ std::string LocalCluster::ensure_started() {
         }
 
         // The server may still be finishing recovery; wait until it takes connections.
-        std::string maintenance = socket_url("postgres", server->socket_dir, server->port, kSuperuser);
+        std::string maintenance =
+            socket_url("postgres", server->socket_dir, server->port, kSuperuser);
         auto deadline = Clock::now() + options_.start_timeout;
         while (!answers(maintenance)) {
             if (Clock::now() >= deadline) {
@@ -411,18 +413,17 @@ void LocalCluster::stop() {
             return;
         }
         ServerUser user = server_user();
-        FileLock lock(l.dir / "lock",
-                      std::chrono::duration_cast<std::chrono::milliseconds>(
-                          options_.start_timeout * 2));
+        FileLock lock(l.dir / "lock", std::chrono::duration_cast<std::chrono::milliseconds>(
+                                          options_.start_timeout * 2));
         if (!running_server(l.data)) {
             return;
         }
         fs::path bin = find_bin_dir(options_, l);
-        auto result = run_command(as_server_user(
-            user, l.dir,
-            {(bin / "pg_ctl").string(), "stop", "--silent", "--wait", "--mode=fast",
-             "--timeout=" + std::to_string(options_.start_timeout.count()),
-             "--pgdata=" + l.data.string()}));
+        auto result = run_command(
+            as_server_user(user, l.dir,
+                           {(bin / "pg_ctl").string(), "stop", "--silent", "--wait", "--mode=fast",
+                            "--timeout=" + std::to_string(options_.start_timeout.count()),
+                            "--pgdata=" + l.data.string()}));
         if (!result.status.success()) {
             throw Error("pg_ctl stop: " + result.status.describe() + ":" +
                         last_lines(result.output, 5) + log_tail(l));

@@ -39,9 +39,9 @@ void lock_schema(pqxx::work& tx, std::string_view schema) {
 
 std::set<int> recorded_versions(pqxx::work& tx, std::string_view schema) {
     std::set<int> versions;
-    for (const auto& row : tx.exec_params(
-             "SELECT version FROM public.holt_schema_migrations WHERE schema = $1",
-             std::string(schema))) {
+    for (const auto& row :
+         tx.exec_params("SELECT version FROM public.holt_schema_migrations WHERE schema = $1",
+                        std::string(schema))) {
         versions.insert(row[0].as<int>());
     }
     return versions;
