@@ -8,7 +8,7 @@ BUILD_DIR ?= build
 HOLT_VM   := $(BUILD_DIR)/bin/holt-vm
 JOBS      ?= $(shell nproc)
 
-.PHONY: all deps configure build images up test unit-test vm-test bench format clean
+.PHONY: all deps configure build images up test unit-test vm-test store-test bench format clean
 
 all: build
 
@@ -32,6 +32,9 @@ up: images
 
 unit-test: build
 	@cd $(BUILD_DIR) && ctest -L unit --output-on-failure
+
+store-test: build
+	@cd $(BUILD_DIR) && ctest -L store --output-on-failure
 
 vm-test: images
 	@cd $(BUILD_DIR) && ctest -L vm --output-on-failure

@@ -13,6 +13,8 @@ packages=(
   qemu-system-x86 qemu-utils busybox-static mmdebstrap e2fsprogs cpio kmod xz-utils zstd
   # networking of VMs (libmnl and libnftables: holt_vm sets up namespaces and rules in-process)
   iproute2 nftables libmnl-dev libnftables-dev
+  # control database: libpqxx for libs/store, and the server Holt runs as its private cluster
+  libpqxx-dev postgresql postgresql-client
 )
 
 missing=()
