@@ -35,6 +35,7 @@
 
 #include "holt/common/child_process.hpp"
 #include "holt/common/error.hpp"
+#include "holt/vm/runtime_dir.hpp"
 
 namespace holt::vm {
 namespace {
@@ -49,9 +50,21 @@ std::string pid_text() {
     return std::to_string(::getpid());
 }
 
+fs::path test_runtime_root() {
+    return "/tmp/holt-nettest-" + pid_text();
+}
+
+// The id of a test VM. Every Holt process's sweep removes networks whose VM has no runtime
+// directory anywhere (RuntimeDir::exists_anywhere), so each test VM gets one in the host registry,
+// as a real VM does.
 std::string next_vm_id() {
     static std::atomic<int> n{0};
-    return kTestIdPrefix + pid_text() + "-" + std::to_string(n++);
+    std::string id = kTestIdPrefix + pid_text() + "-" + std::to_string(n++);
+    fs::create_directories(test_runtime_root() / id);
+    fs::create_directories(RuntimeDir::kHostRegistry);
+    fs::create_directory_symlink(test_runtime_root() / id,
+                                 fs::path(RuntimeDir::kHostRegistry) / id);
+    return id;
 }
 
 // Runs a program found on PATH.
@@ -398,6 +411,11 @@ class NetworkTest : public ::testing::Test {
         outside_fd_ = open_netns(outside_ns_);
     }
     static void TearDownTestSuite() {
+        std::error_code ec;
+        for (const auto& entry : fs::directory_iterator(test_runtime_root(), ec)) {
+            fs::remove(fs::path(RuntimeDir::kHostRegistry) / entry.path().filename(), ec);
+        }
+        fs::remove_all(test_runtime_root(), ec);
         if (outside_fd_ >= 0) {
             ::close(outside_fd_);
             outside_fd_ = -1;

@@ -240,7 +240,6 @@ int shell(const GlobalOptions& global, const VmCommandOptions& vm_opts) {
     return code;
 }
 
-
 // ---- VMs that live between invocations ------------------------------------------------------
 
 // Adopts detached VM `id`, runs `fn` on it and detaches it again, whatever `fn` does.

@@ -2,8 +2,8 @@
 
 #include <poll.h>
 #include <sched.h>
-#include <sys/syscall.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 
 #include <boost/process/args.hpp>

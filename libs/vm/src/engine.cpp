@@ -5,9 +5,9 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <ctime>
 #include <fstream>
-#include <algorithm>
 #include <future>
 #include <set>
 #include <thread>
@@ -239,7 +239,8 @@ std::vector<std::string> Engine::sweep_stale_vms() {
         } catch (const Error&) {
         }
     };
-    std::vector<std::string> removed = RuntimeDir::sweep_stale(vms_dir(), remove_own_layer, may_remove);
+    std::vector<std::string> removed =
+        RuntimeDir::sweep_stale(vms_dir(), remove_own_layer, may_remove);
     for (const auto& id : removed) {
         holt::log::get("vm")->info("vm={} removed: left behind by a process that died", id);
     }
@@ -285,20 +286,13 @@ std::shared_ptr<DiskLayer> Engine::layer(const fs::path& path, std::shared_ptr<D
 
 std::shared_ptr<DiskLayer> Engine::open_chain(const std::vector<fs::path>& chain,
                                               bool top_persistent) {
-    // The layers kept snapshots froze. Layers outside layers_dir() belong to template snapshots.
-    std::set<fs::path> kept;
-    for (const auto& id : list_snapshots()) {
-        try {
-            kept.insert(Snapshot::read_manifest(snapshots_dir() / id).disk);
-        } catch (const Error&) {
-        }
-    }
+    // Layers under the top one may be shared with VMs and snapshots this process does not know
+    // (other processes, detached VMs): they are never deleted from here, but by collect_layers()
+    // once nothing names them.
     std::shared_ptr<DiskLayer> below;
     for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
         bool is_top = it + 1 == chain.rend();
-        bool persistent = is_top ? top_persistent
-                                 : kept.contains(*it) || it->parent_path() != layers_dir();
-        below = layer(*it, below, persistent);
+        below = layer(*it, below, is_top ? top_persistent : true);
     }
     return below;
 }
@@ -560,8 +554,8 @@ std::unique_ptr<Vm> Engine::restore(const std::shared_ptr<Snapshot>& snapshot,
 
         holt::log::get("vm")->info("vm={} restored from {} in {} ms", id, m.source,
                                    elapsed_ms(started));
-        VmRecord record =
-            new_record(id, template_name.empty() ? m.template_name : template_name, spec, vm_policy);
+        VmRecord record = new_record(id, template_name.empty() ? m.template_name : template_name,
+                                     spec, vm_policy);
         return std::make_unique<Vm>(std::move(dir), std::move(record), std::move(spec),
                                     std::move(root), std::move(network), std::move(machine),
                                     std::move(agent));
@@ -682,7 +676,20 @@ std::shared_ptr<Snapshot> Engine::open_snapshot(const std::string& id) {
 }
 
 void Engine::delete_snapshot(const std::string& id) {
-    open_snapshot(id)->remove();
+    std::shared_ptr<Snapshot> snapshot;
+    try {
+        snapshot = open_snapshot(id);
+    } catch (const Error& e) {
+        // An unusable snapshot goes too; collect_layers() removes its layer, if it has one left.
+        if (!fs::exists(snapshots_dir() / id / "snapshot.json")) {
+            throw;
+        }
+        holt::log::get("vm")->warn("snapshot {} is unusable ({}); deleting what is left", id,
+                                   e.what());
+        fs::remove_all(snapshots_dir() / id);
+        return;
+    }
+    snapshot->remove();
     holt::log::get("vm")->info("snapshot {} deleted", id);
 }
 
@@ -727,8 +734,8 @@ std::unique_ptr<Vm> Engine::adopt(const std::string& id) {
                 .kernel = record->kernel,
                 .initrd = record->initrd,
                 .kernel_args = record->kernel_args,
-                .disks = {DiskSpec{.id = kRootDisk, .path = record->disk_chain.front(),
-                                   .format = "qcow2"}},
+                .disks = {DiskSpec{
+                    .id = kRootDisk, .path = record->disk_chain.front(), .format = "qcow2"}},
                 .memory = {.file = record->memory_file, .shared = record->memory_shared},
                 .runtime_dir = dir.path(),
             };
@@ -746,8 +753,8 @@ std::unique_ptr<Vm> Engine::adopt(const std::string& id) {
             // goes; an adopter that dies mid-operation must not make it sweepable.
             record->owner = options_.owner;
             auto vm = std::make_unique<Vm>(std::move(dir), std::move(*record), std::move(spec),
-                                           std::move(root), std::move(network),
-                                           std::move(machine), std::move(agent));
+                                           std::move(root), std::move(network), std::move(machine),
+                                           std::move(agent));
             holt::log::get("vm")->info("vm={} adopted in {} ms", id, elapsed_ms(started));
             return vm;
         } catch (...) {
@@ -779,8 +786,7 @@ std::vector<VmInfo> Engine::list_vms() const {
         info.hypervisor_running = RuntimeDir::running_hypervisor(entry.path()) >= 0;
         vms.push_back(std::move(info));
     }
-    std::sort(vms.begin(), vms.end(),
-              [](const VmInfo& a, const VmInfo& b) { return a.id < b.id; });
+    std::sort(vms.begin(), vms.end(), [](const VmInfo& a, const VmInfo& b) { return a.id < b.id; });
     return vms;
 }
 

@@ -89,8 +89,8 @@ RuntimeDir RuntimeDir::create(const fs::path& runtime_root, const std::string& p
             throw_errno("create runtime directory " + hidden.string());
         }
         int fd = lock_directory(hidden, /*create=*/true);
-        if (fd < 0 || ::renameat2(AT_FDCWD, hidden.c_str(), AT_FDCWD, path.c_str(),
-                                  RENAME_NOREPLACE) != 0) {
+        if (fd < 0 ||
+            ::renameat2(AT_FDCWD, hidden.c_str(), AT_FDCWD, path.c_str(), RENAME_NOREPLACE) != 0) {
             int err = errno;
             if (fd >= 0) {
                 ::close(fd);

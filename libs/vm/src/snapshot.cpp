@@ -71,9 +71,8 @@ SnapshotManifest Snapshot::read_manifest(const fs::path& dir) {
         if (!fs::exists(manifest_path)) {
             throw Error("partial: snapshot.json is missing");
         }
-        JsonFields f = with_context("snapshot.json", [&] {
-            return JsonFields(read_text_file(manifest_path));
-        });
+        JsonFields f = with_context("snapshot.json",
+                                    [&] { return JsonFields(read_text_file(manifest_path)); });
         SnapshotManifest m;
         m.format = f.integer("format");
         if (m.format != kSnapshotFormat) {

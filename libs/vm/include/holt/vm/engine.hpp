@@ -215,8 +215,8 @@ class Engine {
     // process (one object per file, so the last user's release decides its fate).
     std::shared_ptr<DiskLayer> layer(const std::filesystem::path& path,
                                      std::shared_ptr<DiskLayer> backing, bool persistent);
-    // The layers of `chain` (top first) as objects, the top one ephemeral unless `top_persistent`;
-    // those under it persistent when a template or kept snapshot owns them.
+    // The layers of `chain` (top first) as objects, the top one ephemeral unless `top_persistent`,
+    // those under it persistent (collect_layers() removes them when nothing names them).
     std::shared_ptr<DiskLayer> open_chain(const std::vector<std::filesystem::path>& chain,
                                           bool top_persistent);
     // Deletes files in layers_dir() that no VM, snapshot or object of this process names.

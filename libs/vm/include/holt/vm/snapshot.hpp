@@ -77,7 +77,7 @@ struct SnapshotManifest {
     std::string kernel_args;
     std::filesystem::path disk = "disk.qcow2";
     std::vector<std::filesystem::path> disk_chain;  // empty: `disk` alone
-    bool network = false;  // the VM had a NIC; restores need one too
+    bool network = false;                           // the VM had a NIC; restores need one too
     std::vector<std::string> allow_egress;
     std::string created_at;
 };
