@@ -31,6 +31,8 @@ fs::path test_run_dir() {
 
 std::unique_ptr<Engine> make_engine(const std::string& owner) {
     EngineOptions options;
+    // Only this process makes layers under the test's run directory.
+    options.unnamed_layer_grace = std::chrono::milliseconds(0);
     options.data_dir = default_data_dir();
     options.recipes_dir = HOLT_IMAGES_DIR;
     options.run_dir = test_run_dir();
@@ -149,6 +151,12 @@ TEST_F(AdoptTest, VmsOfAnOwnerKilledWithSigkillAreAdoptedAndTheRestSwept) {
     auto restored = engine->restore(snapshot);
     EXPECT_EQ(run_ok(*restored, "cat /root/marker"), "made-by-owner\n");
     engine->delete_snapshot(snapshot->id());
+    // The layers the adopted VMs stood on are deleted by a sweep once nothing names them.
+    restored.reset();
+    snapshot.reset();
+    parent.reset();
+    child.reset();
+    engine->sweep_stale_vms();
 }
 
 TEST_F(AdoptTest, SweepsLeaveVmsOfOtherOwnersAlone) {

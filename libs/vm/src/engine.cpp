@@ -71,10 +71,6 @@ class FileLock {
     int fd_ = -1;
 };
 
-// How old an unnamed file in the layers directory must be before collect_layers() deletes it: a
-// layer is made a moment before the vm.json or snapshot.json that names it.
-constexpr auto kMinimumLayerAge = std::chrono::seconds(60);
-
 // A qcow2 overlay over `snapshot`'s disk that nothing has written to yet. Every overlay over the
 // same backing file starts out byte for byte the same, so restores copy this one (about a
 // millisecond) instead of running qemu-img for each VM (tens of milliseconds).
@@ -330,7 +326,7 @@ void Engine::collect_layers() {
     }
     for (const auto& entry : fs::directory_iterator(layers_dir(), ec)) {
         auto age = fs::file_time_type::clock::now() - fs::last_write_time(entry.path(), ec);
-        if (!ec && age > kMinimumLayerAge && !named.contains(entry.path())) {
+        if (!ec && age > options_.unnamed_layer_grace && !named.contains(entry.path())) {
             holt::log::get("vm")->info("disk layer {} removed: nothing uses it",
                                        entry.path().filename().string());
             fs::remove(entry.path(), ec);

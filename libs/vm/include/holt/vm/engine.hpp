@@ -41,6 +41,9 @@ struct EngineOptions {
     // own owner's VMs whose process died (another service adopts its own on restart), plus any
     // whose hypervisor has ended.
     std::string owner = "holt";
+    // How old a disk layer file that nothing names must be before a sweep deletes it: a layer is
+    // made a moment before the vm.json or snapshot.json that names it, maybe by another process.
+    std::chrono::milliseconds unnamed_layer_grace = std::chrono::seconds(60);
 };
 
 struct VmOptions {
