@@ -11,9 +11,9 @@ TEST(ApiClientTest, TargetEncodesTheQuery) {
     ApiClient client({.api_url = "http://127.0.0.1:7070"});
     EXPECT_EQ(client.target("/v1/sandboxes", {}), "/v1/sandboxes");
     EXPECT_EQ(client.target("/v1/sandboxes/sbx-1/files", {{"path", "/a b/c&d=e"}}),
-              "/v1/sandboxes/sbx-1/files?path=/a%20b/c%26d%3De");
+              "/v1/sandboxes/sbx-1/files?path=/a%20b/c%26d=e");
     EXPECT_EQ(client.target("/v1/sandboxes", {{"metadata[team]", "ml"}, {"state", "running"}}),
-              "/v1/sandboxes?metadata%5Bteam%5D=ml&state=running");
+              "/v1/sandboxes?metadata[team]=ml&state=running");
 }
 
 TEST(ApiClientTest, BasePathOfTheUrl) {

@@ -116,8 +116,8 @@ TEST_F(CommandLineTest, ExecArgvAfterDoubleDash) {
     EXPECT_EQ(p.plan().action, Action::Exec);
     const auto& r = p.plan().requests[0];
     EXPECT_EQ(r.path, "/v1/sandboxes/sbx-1/exec");
-    EXPECT_EQ(*r.json, json::parse(R"({"argv":["python3","-c","print(6*7)"],"env":{"X":"1"},
-        "cwd":"/tmp","timeout_seconds":5.0,"stream":true})"));
+    EXPECT_EQ(*r.json, json::parse(R"j({"argv":["python3","-c","print(6*7)"],"env":{"X":"1"},
+        "cwd":"/tmp","timeout_seconds":5.0,"stream":true})j"));
 }
 
 TEST_F(CommandLineTest, ExecShellBackgroundAndStdin) {

@@ -59,12 +59,12 @@ TEST(RenderTest, Sandboxes) {
          "expires_at":"2026-12-03T18:05:00Z","metadata":{}}])")
                     .as_array();
     EXPECT_EQ(render_sandboxes(list),
-              "ID     TEMPLATE          STATE                 VCPUS  MEMORY    CREATED              "
+              "ID     TEMPLATE          STATE                 VCPUS  MEMORY    CREATED               "
               "EXPIRES               METADATA\n"
-              "sbx-a  base              running               1      512 MiB   2026-12-03T19:00:00Z "
-              " -                     team=ml\n"
-              "sbx-b  code-interpreter  killed (ttl_expired)  2      1024 MiB  2026-12-03T18:00:00Z "
-              " 2026-12-03T18:05:00Z  -\n");
+              "sbx-a  base              running               1      512 MiB   2026-12-03T19:00:00Z  "
+              "-                     team=ml\n"
+              "sbx-b  code-interpreter  killed (ttl_expired)  2      1024 MiB  2026-12-03T18:00:00Z  "
+              "2026-12-03T18:05:00Z  -\n");
 }
 
 TEST(RenderTest, SandboxDetails) {

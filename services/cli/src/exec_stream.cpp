@@ -16,7 +16,8 @@ std::string decode_base64(std::string_view text) {
     namespace base64 = boost::beast::detail::base64;
     std::string out(base64::decoded_size(text.size()), '\0');
     auto [written, read] = base64::decode(out.data(), text.data(), text.size());
-    if (read != text.size()) {
+    // The decoder stops at the first character that is not base64; only padding may follow.
+    if (text.find_first_not_of('=', read) != std::string_view::npos) {
         throw Error("data_b64 is not base64");
     }
     out.resize(written);
