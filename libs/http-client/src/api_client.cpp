@@ -262,7 +262,8 @@ int ApiClient::stream(const Request& request, const BodySink& sink,
             parser.get().body().data = buffer.data();
             parser.get().body().size = buffer.size();
             conn.arm(read_timeout);
-            http::read(conn.stream(), conn.buffer(), parser, ec);
+            // read_some hands over what has arrived; read would wait to fill the whole buffer.
+            http::read_some(conn.stream(), conn.buffer(), parser, ec);
             if (ec == http::error::need_buffer) {
                 ec = {};
             }
