@@ -39,9 +39,26 @@ class CommandLineTest : public ::testing::Test {
 };
 
 TEST_F(CommandLineTest, CreateSendsEveryOption) {
-    auto p = parse({"sandbox", "create", "--template", "code-interpreter", "--ttl", "300", "-e",
-                    "A=1", "-e", "B=x=y", "-m", "team=ml", "--vcpus", "2", "--memory", "1024",
-                    "--allow-egress", "10.0.0.0/8", "--on-expire", "hibernate"});
+    auto p = parse({"sandbox",
+                    "create",
+                    "--template",
+                    "code-interpreter",
+                    "--ttl",
+                    "300",
+                    "-e",
+                    "A=1",
+                    "-e",
+                    "B=x=y",
+                    "-m",
+                    "team=ml",
+                    "--vcpus",
+                    "2",
+                    "--memory",
+                    "1024",
+                    "--allow-egress",
+                    "10.0.0.0/8",
+                    "--on-expire",
+                    "hibernate"});
     ASSERT_EQ(p.plan().requests.size(), 1u);
     const auto& r = p.plan().requests[0];
     EXPECT_EQ(r.method, Verb::post);
@@ -82,13 +99,12 @@ TEST_F(CommandLineTest, UsageErrorsExitWithTwo) {
 }
 
 TEST_F(CommandLineTest, HelpExitsWithZero) {
-    for (auto args : std::vector<std::vector<const char*>>{
-             {"--help"},
-             {"sandbox", "--help"},
-             {"sandbox", "exec", "--help"},
-             {"sandbox", "cp", "--help"},
-             {"snapshot", "ls", "--help"},
-             {"keys", "create", "--help"}}) {
+    for (auto args : std::vector<std::vector<const char*>>{{"--help"},
+                                                           {"sandbox", "--help"},
+                                                           {"sandbox", "exec", "--help"},
+                                                           {"sandbox", "cp", "--help"},
+                                                           {"snapshot", "ls", "--help"},
+                                                           {"keys", "create", "--help"}}) {
         auto p = parse(args);
         EXPECT_EQ(p.exit_status(), 0);
         EXPECT_NE(p.out.find("Usage"), std::string::npos) << p.out;
@@ -96,8 +112,8 @@ TEST_F(CommandLineTest, HelpExitsWithZero) {
 }
 
 TEST_F(CommandLineTest, ListFilters) {
-    auto p = parse({"sandbox", "ls", "--state", "killed", "-m", "team=ml", "-m", "env=dev",
-                    "--limit", "5"});
+    auto p = parse(
+        {"sandbox", "ls", "--state", "killed", "-m", "team=ml", "-m", "env=dev", "--limit", "5"});
     const auto& r = p.plan().requests[0];
     EXPECT_EQ(r.method, Verb::get);
     EXPECT_EQ(r.path, "/v1/sandboxes");
@@ -160,8 +176,7 @@ TEST_F(CommandLineTest, CopyDirections) {
     EXPECT_EQ(parse({"sandbox", "cp", "a", "b"}).exit_status(), kUsageExit);
     EXPECT_EQ(parse({"sandbox", "cp", "sbx-1:/a", "sbx-2:/b"}).exit_status(), kUsageExit);
     EXPECT_EQ(parse({"sandbox", "cp", "a", "sbx-1:rel"}).exit_status(), kUsageExit);
-    EXPECT_EQ(parse({"sandbox", "cp", "a", "sbx-1:/x", "--mode", "rw"}).exit_status(),
-              kUsageExit);
+    EXPECT_EQ(parse({"sandbox", "cp", "a", "sbx-1:/x", "--mode", "rw"}).exit_status(), kUsageExit);
 }
 
 TEST_F(CommandLineTest, RemotePaths) {

@@ -58,13 +58,14 @@ TEST(RenderTest, Sandboxes) {
          "vcpus":2,"memory_mib":1024,"created_at":"2026-12-03T18:00:00Z",
          "expires_at":"2026-12-03T18:05:00Z","metadata":{}}])")
                     .as_array();
-    EXPECT_EQ(render_sandboxes(list),
-              "ID     TEMPLATE          STATE                 VCPUS  MEMORY    CREATED               "
-              "EXPIRES               METADATA\n"
-              "sbx-a  base              running               1      512 MiB   2026-12-03T19:00:00Z  "
-              "-                     team=ml\n"
-              "sbx-b  code-interpreter  killed (ttl_expired)  2      1024 MiB  2026-12-03T18:00:00Z  "
-              "2026-12-03T18:05:00Z  -\n");
+    EXPECT_EQ(
+        render_sandboxes(list),
+        "ID     TEMPLATE          STATE                 VCPUS  MEMORY    CREATED               "
+        "EXPIRES               METADATA\n"
+        "sbx-a  base              running               1      512 MiB   2026-12-03T19:00:00Z  "
+        "-                     team=ml\n"
+        "sbx-b  code-interpreter  killed (ttl_expired)  2      1024 MiB  2026-12-03T18:00:00Z  "
+        "2026-12-03T18:05:00Z  -\n");
 }
 
 TEST(RenderTest, SandboxDetails) {

@@ -48,8 +48,7 @@ decltype(auto) in_request(const std::string& what, Fn&& fn) {
 // One TCP connection to the API for one request.
 class Connection {
   public:
-    Connection(const std::string& host, const std::string& port,
-               std::chrono::milliseconds timeout)
+    Connection(const std::string& host, const std::string& port, std::chrono::milliseconds timeout)
         : stream_(ioc_), timeout_(timeout) {
         tcp::resolver resolver(ioc_);
         beast::error_code ec;
@@ -60,8 +59,9 @@ class Connection {
         stream_.expires_after(timeout_);
         stream_.connect(endpoints, ec);
         if (ec) {
-            throw Error("connect " + host + ":" + port + ": " + ec.message() +
-                        (ec == asio::error::connection_refused ? " (is the service running?)" : ""));
+            throw Error(
+                "connect " + host + ":" + port + ": " + ec.message() +
+                (ec == asio::error::connection_refused ? " (is the service running?)" : ""));
         }
     }
 
@@ -139,7 +139,9 @@ json::value read_json_answer(Connection& conn) {
 }  // namespace
 
 ApiError::ApiError(int status, std::string code, std::string message)
-    : Error(code + ": " + message), status_(status), code_(std::move(code)),
+    : Error(code + ": " + message),
+      status_(status),
+      code_(std::move(code)),
       message_(std::move(message)) {}
 
 ApiError ApiError::from_response(int status, std::string_view body) {
@@ -152,9 +154,8 @@ ApiError ApiError::from_response(int status, std::string_view body) {
             const auto* message = o.if_contains("message");
             if (code && code->is_string()) {
                 return ApiError(status, std::string(code->as_string()),
-                                message && message->is_string()
-                                    ? std::string(message->as_string())
-                                    : std::string());
+                                message && message->is_string() ? std::string(message->as_string())
+                                                                : std::string());
             }
         }
     }

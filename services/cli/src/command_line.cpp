@@ -143,7 +143,8 @@ std::variant<Invocation, int> parse_command_line(int argc, const char* const* ar
     add_repeatable(exec, "-e,--env", o.env, "KEY=VALUE for the command's environment");
     exec->add_option("-w,--cwd", o.cwd, "working directory in the sandbox");
     exec->add_option("-u,--user", o.user, "user to run as (default root)");
-    exec->add_option("--timeout", o.timeout, "kill it after this many seconds (default 60, 0: never)")
+    exec->add_option("--timeout", o.timeout,
+                     "kill it after this many seconds (default 60, 0: never)")
         ->check(CLI::NonNegativeNumber);
     exec->add_flag("-i,--stdin", o.read_stdin, "send this terminal's stdin to the command");
     exec->add_flag("-d,--background", o.background, "start it, print its pid and return");
@@ -155,10 +156,12 @@ std::variant<Invocation, int> parse_command_line(int argc, const char* const* ar
     auto* cp = sandbox->add_subcommand("cp", "copy a file into or out of a sandbox (streamed)");
     cp->add_option("source", o.source, "LOCAL, ID:/path, or - for stdin")->required();
     cp->add_option("destination", o.destination, "ID:/path, LOCAL, or - for stdout")->required();
-    cp->add_option("--mode", o.mode, "permission bits of an uploaded file (default: the local one's)");
-    cp->footer("Examples:\n  holt sandbox cp data.csv sbx-1:/work/\n"
-               "  holt sandbox cp sbx-1:/work/out.png .\n"
-               "  tar c dir | holt sandbox cp - sbx-1:/tmp/dir.tar");
+    cp->add_option("--mode", o.mode,
+                   "permission bits of an uploaded file (default: the local one's)");
+    cp->footer(
+        "Examples:\n  holt sandbox cp data.csv sbx-1:/work/\n"
+        "  holt sandbox cp sbx-1:/work/out.png .\n"
+        "  tar c dir | holt sandbox cp - sbx-1:/tmp/dir.tar");
 
     auto* ps = sandbox->add_subcommand("ps", "list the background and streamed commands");
     ps->add_option("id", o.id, "sandbox id")->required();
@@ -206,7 +209,8 @@ std::variant<Invocation, int> parse_command_line(int argc, const char* const* ar
     auto* keys_revoke = keys->add_subcommand("revoke", "revoke keys: they stop working at once");
     keys_revoke->add_option("ids", o.ids, "key ids")->required();
 
-    auto* templates = app.add_subcommand("templates", "list the templates to create sandboxes from");
+    auto* templates =
+        app.add_subcommand("templates", "list the templates to create sandboxes from");
 
     try {
         app.parse(argc, argv);
@@ -330,7 +334,8 @@ std::variant<Invocation, int> parse_command_line(int argc, const char* const* ar
                 plan.mode = o.mode;
             }
         } else if (ps->parsed()) {
-            plan.requests.push_back({Verb::get, sandbox_path(o.id, "/processes"), {}, std::nullopt});
+            plan.requests.push_back(
+                {Verb::get, sandbox_path(o.id, "/processes"), {}, std::nullopt});
             plan.view = View::Processes;
         } else if (snapshot->parsed()) {
             json::object body;
@@ -363,8 +368,9 @@ std::variant<Invocation, int> parse_command_line(int argc, const char* const* ar
                 } catch (const std::exception&) {
                 }
                 if (used != o.ttl.size() || n < 1) {
-                    throw UsageError("sandbox ttl takes a positive number of seconds or `none`, not \"" +
-                                     o.ttl + "\"");
+                    throw UsageError(
+                        "sandbox ttl takes a positive number of seconds or `none`, not \"" + o.ttl +
+                        "\"");
                 }
                 seconds = n;
             }

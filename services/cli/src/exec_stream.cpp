@@ -98,8 +98,7 @@ void ExecStream::on_line(std::string_view line) {
     } else if (event.type == "exit") {
         exit_ = std::move(event);
     } else if (event.type == "error") {
-        throw http_client::ApiError(0, event.code.empty() ? "internal" : event.code,
-                                    event.message);
+        throw http_client::ApiError(0, event.code.empty() ? "internal" : event.code, event.message);
     }
     // Other event types are skipped: a newer service may send more.
 }

@@ -136,7 +136,8 @@ int run_exec(ApiClient& client, const Invocation& inv, std::ostream& out, std::o
         events.on_line(line);
     });
     // The command's own timeout bounds how long it runs; quiet stretches are no reason to stop.
-    client.stream(request, [&](std::string_view chunk) { lines.feed(chunk); }, std::nullopt);
+    client.stream(
+        request, [&](std::string_view chunk) { lines.feed(chunk); }, std::nullopt);
     lines.finish();
     const ExecEvent& exit = events.exit();
     if (exit.timed_out && !inv.global.json) {
@@ -237,8 +238,10 @@ int run_upload(ApiClient& client, const Invocation& inv, std::ostream& out) {
 
 int run_download(ApiClient& client, const Invocation& inv, std::ostream& out) {
     const Plan& plan = inv.plan;
-    Request request{Verb::get, "/v1/sandboxes/" + plan.sandbox_id + "/files",
-                    {{"path", plan.remote}}, std::nullopt};
+    Request request{Verb::get,
+                    "/v1/sandboxes/" + plan.sandbox_id + "/files",
+                    {{"path", plan.remote}},
+                    std::nullopt};
     if (plan.local == "-") {
         client.stream(
             request,

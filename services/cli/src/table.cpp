@@ -144,8 +144,10 @@ std::string render_sandbox_details(const json::value& s) {
                             : "egress to " + (field_text(*network, "allow_egress") == "-"
                                                   ? std::string("nothing")
                                                   : field_text(*network, "allow_egress")));
-    for (const auto& [key, label] : {std::pair{"parent_id", "parent"}, {"snapshot_id", "snapshot"},
-                                     {"ended_at", "ended"}, {"end_reason", "end reason"}}) {
+    for (const auto& [key, label] : {std::pair{"parent_id", "parent"},
+                                     {"snapshot_id", "snapshot"},
+                                     {"ended_at", "ended"},
+                                     {"end_reason", "end reason"}}) {
         if (field_text(s, key) != "-") {
             fields.emplace_back(label, field_text(s, key));
         }
@@ -182,8 +184,8 @@ std::string render_processes(const json::array& processes) {
         if (exit == "-" && field_text(p, "signal") != "-") {
             exit = "signal " + field_text(p, "signal");
         }
-        table.add_row({field_text(p, "pid"), running ? "running" : "exited",
-                       running ? "-" : exit, field_text(p, "argv")});
+        table.add_row({field_text(p, "pid"), running ? "running" : "exited", running ? "-" : exit,
+                       field_text(p, "argv")});
     }
     return table.render();
 }
