@@ -9,6 +9,8 @@ packages=(
   libboost1.81-dev libboost-json1.81-dev libboost-url1.81-dev libboost-system1.81-dev libboost-filesystem1.81-dev
   libcli11-dev libspdlog-dev libfmt-dev libyaml-cpp-dev libssl-dev
   libgtest-dev libgmock-dev
+  # the Python SDK and its tests, the CLI's tests against a fake API
+  python3 python3-setuptools python3-wheel
   # VMs and guest images
   qemu-system-x86 qemu-utils busybox-static mmdebstrap e2fsprogs cpio kmod xz-utils zstd
   # networking of VMs (libmnl and libnftables: holt_vm sets up namespaces and rules in-process)
