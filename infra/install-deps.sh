@@ -17,6 +17,8 @@ packages=(
   iproute2 nftables libmnl-dev libnftables-dev
   # control database: libpqxx for libs/store, and the server Holt runs as its private cluster
   libpqxx-dev postgresql postgresql-client
+  # benchmarks: gVisor's runsc, run beside Holt for comparison
+  runsc
 )
 
 missing=()
