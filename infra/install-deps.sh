@@ -7,7 +7,9 @@ packages=(
   # build
   build-essential cmake ninja-build ccache pkg-config clang-format
   libboost1.81-dev libboost-json1.81-dev libboost-url1.81-dev libboost-system1.81-dev libboost-filesystem1.81-dev
-  libcli11-dev libspdlog-dev libfmt-dev libyaml-cpp-dev libssl-dev
+  libcli11-dev libspdlog-dev libfmt-dev libyaml-cpp-dev libssl-dev libpqxx-dev
+  # the control database (sandbox service; tests start a private cluster)
+  postgresql-15
   libgtest-dev libgmock-dev
   # VMs and guest images
   qemu-system-x86 qemu-utils busybox-static mmdebstrap e2fsprogs cpio kmod xz-utils zstd

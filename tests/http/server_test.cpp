@@ -1,5 +1,7 @@
 // holt_http: a real Server on 127.0.0.1 with a Router, driven by a plain Beast client.
 
+#include "holt/http/server.hpp"
+
 #include <gtest/gtest.h>
 
 #include <boost/asio/connect.hpp>
@@ -11,7 +13,6 @@
 #include <thread>
 
 #include "holt/http/router.hpp"
-#include "holt/http/server.hpp"
 
 namespace {
 
@@ -28,15 +29,14 @@ class HttpServerTest : public ::testing::Test {
   protected:
     void SetUp() override {
         router_.add("GET", "/v1/things/{id}", [](Exchange& x) {
-            x.respond_json(200, json::object{{"id", x.param("id")},
-                                             {"q", x.query("q").value_or("")}});
+            x.respond_json(200,
+                           json::object{{"id", x.param("id")}, {"q", x.query("q").value_or("")}});
         });
         router_.add("GET", "/v1/things/{id}/parts/{part}", [](Exchange& x) {
             x.respond_json(200, json::object{{"id", x.param("id")}, {"part", x.param("part")}});
         });
-        router_.add("POST", "/v1/echo", [](Exchange& x) {
-            x.respond_json(201, x.read_json(kJsonLimit));
-        });
+        router_.add("POST", "/v1/echo",
+                    [](Exchange& x) { x.respond_json(201, x.read_json(kJsonLimit)); });
         router_.add("PUT", "/v1/upload", [](Exchange& x) {
             std::uint64_t total = 0, sum = 0;
             char buf[7919];  // odd-sized on purpose
@@ -56,9 +56,8 @@ class HttpServerTest : public ::testing::Test {
             x.end_stream();
         });
         router_.add("GET", "/v1/throws", [](Exchange&) { throw std::runtime_error("boom"); });
-        router_.add("GET", "/v1/conflict", [](Exchange&) {
-            throw holt::http::conflict("it exists already");
-        });
+        router_.add("GET", "/v1/conflict",
+                    [](Exchange&) { throw holt::http::conflict("it exists already"); });
 
         holt::http::ServerOptions options;
         options.max_connections = 4;
@@ -224,8 +223,8 @@ TEST_F(HttpServerTest, GarbageGetsBadRequestAndServerSurvives) {
     }
     {
         auto socket = connect();
-        std::string huge = "GET /v1/things/x HTTP/1.1\r\nX-Big: " + std::string(64 * 1024, 'a') +
-                           "\r\n\r\n";
+        std::string huge =
+            "GET /v1/things/x HTTP/1.1\r\nX-Big: " + std::string(64 * 1024, 'a') + "\r\n\r\n";
         beast::error_code ec;
         asio::write(socket, asio::buffer(huge), ec);
         beast::flat_buffer buffer;

@@ -1,10 +1,10 @@
 // Validation of request bodies: what the API accepts and the 400s it answers otherwise.
 
+#include "requests.hpp"
+
 #include <gtest/gtest.h>
 
 #include <boost/json.hpp>
-
-#include "requests.hpp"
 
 namespace {
 
@@ -81,8 +81,7 @@ TEST(ParseExec, CmdOrArgv) {
     EXPECT_EQ(argv.request.argv.size(), 2u);
     EXPECT_TRUE(argv.stream);
     EXPECT_FALSE(argv.request.timeout);
-    EXPECT_EQ(parse_exec(json::parse(R"({"cmd": "x"})")).request.timeout,
-              std::chrono::seconds(60));
+    EXPECT_EQ(parse_exec(json::parse(R"({"cmd": "x"})")).request.timeout, std::chrono::seconds(60));
 }
 
 TEST(ParseExec, RejectsBadInputWith400) {

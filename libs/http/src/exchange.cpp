@@ -193,9 +193,7 @@ void Exchange::respond(int status, std::string_view content_type, std::string bo
     response.body() = std::move(body);
     response.prepare_payload();
     auto ec = connection_.run(
-        [&](auto handler) {
-            bhttp::async_write(connection_.stream, response, std::move(handler));
-        },
+        [&](auto handler) { bhttp::async_write(connection_.stream, response, std::move(handler)); },
         connection_.options.io_timeout);
     if (ec) {
         client_gone_ = true;

@@ -24,6 +24,7 @@ Connection::Connection(const ServerOptions& server_options, tcp::socket::native_
     : options(server_options), stream(ioc) {
     stream.socket().assign(tcp::v4(), fd);
     beast::error_code ec;
+    stream.socket().set_option(tcp::no_delay(true), ec);  // small chunks of streamed output
     auto endpoint = stream.socket().remote_endpoint(ec);
     if (!ec) {
         remote = endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
@@ -80,8 +81,8 @@ void Server::Impl::refuse(tcp::socket& socket) {
     static const std::string answer =
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
         "Connection: close\r\nContent-Length: " +
-        std::to_string(
-            error_body("unavailable", "too many connections; try again later").size() + 1) +
+        std::to_string(error_body("unavailable", "too many connections; try again later").size() +
+                       1) +
         "\r\n\r\n" + error_body("unavailable", "too many connections; try again later") + "\n";
     beast::error_code ec;
     socket.non_blocking(true, ec);
@@ -146,10 +147,9 @@ void Server::Impl::serve_requests(detail::Connection& connection) {
             int status = ec == bhttp::error::header_limit ? 431 : 400;
             bhttp::response<bhttp::string_body> response{static_cast<bhttp::status>(status), 11};
             response.set(bhttp::field::content_type, "application/json");
-            response.body() =
-                error_body(status == 431 ? "headers_too_large" : "bad_request",
-                           "malformed request: " + ec.message()) +
-                "\n";
+            response.body() = error_body(status == 431 ? "headers_too_large" : "bad_request",
+                                         "malformed request: " + ec.message()) +
+                              "\n";
             response.keep_alive(false);
             response.prepare_payload();
             connection.run(

@@ -85,8 +85,7 @@ class EventQueue {
         if (auto* d = event.if_contains("data")) {
             size += d->as_string().size();
         }
-        room_.wait_for(lock, std::chrono::seconds(30),
-                       [&] { return bytes_ < kCap || closed_; });
+        room_.wait_for(lock, std::chrono::seconds(30), [&] { return bytes_ < kCap || closed_; });
         if (closed_) {
             return;
         }
@@ -158,8 +157,8 @@ void stream_session(Exchange& x, vm::ExecSession& session, EventQueue& queue) {
         try {
             status = session.wait_for(std::chrono::milliseconds(0));
         } catch (const std::exception& e) {
-            x.write_chunk(line(json::object{
-                {"type", "error"}, {"code", "unavailable"}, {"message", e.what()}}));
+            x.write_chunk(line(
+                json::object{{"type", "error"}, {"code", "unavailable"}, {"message", e.what()}}));
             x.end_stream();
             return;
         }
@@ -305,8 +304,8 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
             store.set_on_expire(record.id, on_expire);
         }
         if (o.contains("metadata")) {
-            CreateSpec probe = parse_create(json::object{{"template", "x"},
-                                                         {"metadata", o.at("metadata")}});
+            CreateSpec probe =
+                parse_create(json::object{{"template", "x"}, {"metadata", o.at("metadata")}});
             store.set_metadata(record.id, probe.metadata);
         }
         x.respond_json(200, to_json(manager.get(tenant, record.id)));
@@ -385,8 +384,7 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
         auto queue = std::make_shared<EventQueue>();
         vm::ExecCallbacks discard{[](std::string_view) {}, [](std::string_view) {}};
         auto session = vm_call(what, [&] {
-            return agent.start(params.request,
-                               params.stream ? queue_callbacks(queue) : discard);
+            return agent.start(params.request, params.stream ? queue_callbacks(queue) : discard);
         });
         if (stdin_data) {
             vm_call(what + ": stdin", [&] {
@@ -420,8 +418,8 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
                 {"running", p.running},
                 {"exit_code", p.exit && p.exit->exit_code ? json::value(*p.exit->exit_code)
                                                           : json::value(nullptr)},
-                {"signal", p.exit && p.exit->signal ? json::value(*p.exit->signal)
-                                                    : json::value(nullptr)},
+                {"signal",
+                 p.exit && p.exit->signal ? json::value(*p.exit->signal) : json::value(nullptr)},
             });
         }
         x.respond_json(200, json::object{{"processes", std::move(list)}});
@@ -451,9 +449,8 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
                    }
                    auto lease = manager.use(tenant, x.param("id"));
                    auto& agent = lease.agent();
-                   vm_call("signal process " + x.param("pid"), [&] {
-                       agent.signal(process_id_of(agent, x.param("pid")), sig);
-                   });
+                   vm_call("signal process " + x.param("pid"),
+                           [&] { agent.signal(process_id_of(agent, x.param("pid")), sig); });
                    x.respond_empty(204);
                });
 
@@ -534,9 +531,8 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
         auto tenant = authenticate(x);
         auto path = guest_path(x.query("path"));
         auto lease = manager.use(tenant, x.param("id"));
-        x.respond_json(200, to_json(vm_call("stat " + path, [&] {
-                           return lease.agent().stat(path);
-                       })));
+        x.respond_json(200,
+                       to_json(vm_call("stat " + path, [&] { return lease.agent().stat(path); })));
     });
 
     router.add("POST", "/v1/sandboxes/{id}/files/mkdir", [&, authenticate, limit](Exchange& x) {
@@ -552,9 +548,8 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
         }
         auto lease = manager.use(tenant, x.param("id"));
         vm_call("mkdir " + path, [&] { lease.agent().mkdir(path, parents, 0755); });
-        x.respond_json(201, to_json(vm_call("stat " + path, [&] {
-                           return lease.agent().stat(path);
-                       })));
+        x.respond_json(201,
+                       to_json(vm_call("stat " + path, [&] { return lease.agent().stat(path); })));
     });
 
     router.add("POST", "/v1/sandboxes/{id}/files/rename", [&, authenticate, limit](Exchange& x) {
@@ -567,9 +562,7 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
         auto to = guest_path(string_field(body.as_object(), "to"), "to");
         auto lease = manager.use(tenant, x.param("id"));
         vm_call("rename " + from, [&] { lease.agent().rename(from, to); });
-        x.respond_json(200, to_json(vm_call("stat " + to, [&] {
-                           return lease.agent().stat(to);
-                       })));
+        x.respond_json(200, to_json(vm_call("stat " + to, [&] { return lease.agent().stat(to); })));
     });
 
     // --- snapshots ---

@@ -96,8 +96,7 @@ int serve(const Options& o) {
     server_options.max_connections = static_cast<std::size_t>(o.max_connections);
     server_options.server_name = "holt-sandboxd";
     server_options.logger = "sandbox-http";
-    holt::http::Server server(server_options,
-                              [&](holt::http::Exchange& x) { router.dispatch(x); });
+    holt::http::Server server(server_options, [&](holt::http::Exchange& x) { router.dispatch(x); });
     log->info("holt-sandboxd listening on http://{}:{} (data dir {})", address, server.port(),
               engine_options.data_dir.string());
 
@@ -169,12 +168,14 @@ int main(int argc, char** argv) {
 
     auto* keys = app.add_subcommand("keys", "manage API keys (admin)");
     keys->require_subcommand(1);
+    keys->fallthrough();
     auto* keys_create =
         keys->add_subcommand("create", "print a new API key of a tenant (created if needed)");
     std::string tenant;
     std::string key_name;
     keys_create->add_option("--tenant", tenant, "tenant name")->required();
     keys_create->add_option("--name", key_name, "a name for the key");
+    keys_create->fallthrough();
 
     CLI11_PARSE(app, argc, argv);
     holt::log::init(o.log_level);

@@ -127,7 +127,8 @@ CreateSpec parse_create(const json::value& value) {
             throw bad_request("field \"network\" must be an object");
         }
         std::vector<std::string> cidrs;
-        if (auto* allow = net->as_object().if_contains("allow_egress"); allow && !allow->is_null()) {
+        if (auto* allow = net->as_object().if_contains("allow_egress");
+            allow && !allow->is_null()) {
             if (!allow->is_array()) {
                 throw bad_request("field \"network.allow_egress\" must be an array of CIDRs");
             }
@@ -214,8 +215,8 @@ int parse_signal(const json::value& value) {
             name = name.substr(3);
         }
         static const std::pair<const char*, int> kSignals[] = {
-            {"HUP", SIGHUP},   {"INT", SIGINT},   {"QUIT", SIGQUIT}, {"KILL", SIGKILL},
-            {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"TERM", SIGTERM}, {"CONT", SIGCONT},
+            {"HUP", SIGHUP},   {"INT", SIGINT},   {"QUIT", SIGQUIT},  {"KILL", SIGKILL},
+            {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"TERM", SIGTERM},  {"CONT", SIGCONT},
             {"STOP", SIGSTOP}, {"ALRM", SIGALRM}, {"WINCH", SIGWINCH}};
         for (const auto& [n, sig] : kSignals) {
             if (name == n) {
@@ -371,7 +372,11 @@ bool is_utf8(std::string_view s) {
     std::size_t i = 0;
     while (i < s.size()) {
         auto c = static_cast<unsigned char>(s[i]);
-        std::size_t follow = c < 0x80 ? 0 : (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : 4;
+        std::size_t follow = c < 0x80         ? 0
+                             : (c >> 5) == 6  ? 1
+                             : (c >> 4) == 14 ? 2
+                             : (c >> 3) == 30 ? 3
+                                              : 4;
         if (follow == 4 || (follow > 0 && c < 0xC2) || i + follow >= s.size() + (follow == 0)) {
             if (follow != 0) {
                 return false;
@@ -393,8 +398,7 @@ void add_output(json::object& event, const char* key, std::string_view data) {
         return;
     }
     std::string encoded(boost::beast::detail::base64::encoded_size(data.size()), '\0');
-    encoded.resize(
-        boost::beast::detail::base64::encode(encoded.data(), data.data(), data.size()));
+    encoded.resize(boost::beast::detail::base64::encode(encoded.data(), data.data(), data.size()));
     event[std::string(key) + "_b64"] = std::move(encoded);
 }
 

@@ -309,9 +309,9 @@ SandboxRecord SandboxManager::create(const std::string& tenant, const CreateSpec
             for (const auto& name : known) {
                 list += (list.empty() ? "" : ", ") + name;
             }
-            throw http::HttpError(400, "unknown_template",
-                                  "unknown template \"" + spec.template_name +
-                                      "\" (known templates: " + list + ")");
+            throw http::HttpError(
+                400, "unknown_template",
+                "unknown template \"" + spec.template_name + "\" (known templates: " + list + ")");
         }
         try {
             engine_.images().get(spec.template_name);
@@ -346,10 +346,10 @@ SandboxRecord SandboxManager::create(const std::string& tenant, const CreateSpec
         } catch (const http::HttpError&) {
             throw;
         } catch (const std::exception& e) {
-            throw vm_failure("create sandbox " + record.id + " from " +
-                                 (from ? "snapshot " + spec.snapshot_id
-                                       : "template " + record.template_name),
-                             e);
+            throw vm_failure(
+                "create sandbox " + record.id + " from " +
+                    (from ? "snapshot " + spec.snapshot_id : "template " + record.template_name),
+                e);
         }
         record.vm_id = vm->id();
         store_.insert_sandbox(record);

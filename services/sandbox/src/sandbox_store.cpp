@@ -254,9 +254,10 @@ void SandboxStore::migrate() {
 
 std::string SandboxStore::ensure_tenant(const std::string& name) {
     return db_.transaction([&](pqxx::work& tx) {
-        tx.exec_params("INSERT INTO sandbox.tenants (id, name) VALUES ($1, $2) "
-                       "ON CONFLICT (name) DO NOTHING",
-                       new_id("ten"), name);
+        tx.exec_params(
+            "INSERT INTO sandbox.tenants (id, name) VALUES ($1, $2) "
+            "ON CONFLICT (name) DO NOTHING",
+            new_id("ten"), name);
         return tx.exec_params1("SELECT id FROM sandbox.tenants WHERE name = $1", name)[0]
             .as<std::string>();
     });
@@ -281,9 +282,10 @@ std::optional<std::string> SandboxStore::authenticate(const std::string& secret)
     }
     std::string hash = hash_secret(secret);
     auto rows = db_.transaction([&](pqxx::work& tx) {
-        return tx.exec_params("SELECT tenant_id, secret_hash FROM sandbox.api_keys "
-                              "WHERE prefix = $1 AND revoked_at IS NULL",
-                              secret.substr(0, kKeyPrefixLength));
+        return tx.exec_params(
+            "SELECT tenant_id, secret_hash FROM sandbox.api_keys "
+            "WHERE prefix = $1 AND revoked_at IS NULL",
+            secret.substr(0, kKeyPrefixLength));
     });
     for (const auto& row : rows) {
         auto stored = row[1].as<std::string>();
@@ -321,7 +323,8 @@ bool SandboxStore::revoke_key(const std::string& tenant_id, const std::string& k
 void SandboxStore::insert_sandbox(const SandboxRecord& r) {
     db_.transaction([&](pqxx::work& tx) {
         tx.exec_params(
-            "INSERT INTO sandbox.sandboxes (id, tenant_id, template, state, vcpus, memory_mib, env, "
+            "INSERT INTO sandbox.sandboxes (id, tenant_id, template, state, vcpus, memory_mib, "
+            "env, "
             "metadata, network, ttl_seconds, expires_at, on_expire, parent_id, snapshot_id, vm_id) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, NULLIF($9, '')::jsonb, "
             "NULLIF($10, 0), CASE WHEN $10 > 0 THEN now() + make_interval(secs => $10) END, $11, "
@@ -368,13 +371,12 @@ std::vector<SandboxRecord> SandboxStore::list_sandboxes(const std::string& tenan
             state_list += (state_list.empty() ? "" : ", ") + tx.quote(s);
         }
         std::vector<SandboxRecord> out;
-        for (const auto& row :
-             tx.exec_params("SELECT " + kSandboxColumns +
-                                " FROM sandbox.sandboxes WHERE tenant_id = $1 AND state IN (" +
-                                state_list +
-                                ") AND metadata @> $2::jsonb ORDER BY created_at DESC, id "
-                                "LIMIT $3",
-                            tenant_id, to_json_text(filter.metadata), filter.limit)) {
+        for (const auto& row : tx.exec_params(
+                 "SELECT " + kSandboxColumns +
+                     " FROM sandbox.sandboxes WHERE tenant_id = $1 AND state IN (" + state_list +
+                     ") AND metadata @> $2::jsonb ORDER BY created_at DESC, id "
+                     "LIMIT $3",
+                 tenant_id, to_json_text(filter.metadata), filter.limit)) {
             out.push_back(sandbox_of(row));
         }
         return out;
@@ -405,35 +407,39 @@ TenantUsage SandboxStore::usage(const std::string& tenant_id) {
 
 void SandboxStore::set_running(const std::string& id, const std::string& vm_id) {
     db_.transaction([&](pqxx::work& tx) {
-        tx.exec_params("UPDATE sandbox.sandboxes SET state = 'running', vm_id = $2, "
-                       "hibernation_path = '' WHERE id = $1 AND state <> 'killed'",
-                       id, vm_id);
+        tx.exec_params(
+            "UPDATE sandbox.sandboxes SET state = 'running', vm_id = $2, "
+            "hibernation_path = '' WHERE id = $1 AND state <> 'killed'",
+            id, vm_id);
     });
 }
 
 void SandboxStore::set_hibernated(const std::string& id, const std::string& path) {
     db_.transaction([&](pqxx::work& tx) {
-        tx.exec_params("UPDATE sandbox.sandboxes SET state = 'hibernated', vm_id = '', "
-                       "hibernation_path = $2 WHERE id = $1 AND state <> 'killed'",
-                       id, path);
+        tx.exec_params(
+            "UPDATE sandbox.sandboxes SET state = 'hibernated', vm_id = '', "
+            "hibernation_path = $2 WHERE id = $1 AND state <> 'killed'",
+            id, path);
     });
 }
 
 void SandboxStore::set_ended(const std::string& id, const std::string& reason) {
     db_.transaction([&](pqxx::work& tx) {
-        tx.exec_params("UPDATE sandbox.sandboxes SET state = 'killed', ended_at = now(), "
-                       "end_reason = $2, vm_id = '', hibernation_path = '' "
-                       "WHERE id = $1 AND state <> 'killed'",
-                       id, reason);
+        tx.exec_params(
+            "UPDATE sandbox.sandboxes SET state = 'killed', ended_at = now(), "
+            "end_reason = $2, vm_id = '', hibernation_path = '' "
+            "WHERE id = $1 AND state <> 'killed'",
+            id, reason);
     });
 }
 
 void SandboxStore::set_expiry(const std::string& id, std::optional<std::int64_t> ttl_seconds) {
     db_.transaction([&](pqxx::work& tx) {
-        tx.exec_params("UPDATE sandbox.sandboxes SET ttl_seconds = NULLIF($2, 0), "
-                       "expires_at = CASE WHEN $2 > 0 THEN now() + make_interval(secs => $2) END "
-                       "WHERE id = $1",
-                       id, ttl_seconds.value_or(0));
+        tx.exec_params(
+            "UPDATE sandbox.sandboxes SET ttl_seconds = NULLIF($2, 0), "
+            "expires_at = CASE WHEN $2 > 0 THEN now() + make_interval(secs => $2) END "
+            "WHERE id = $1",
+            id, ttl_seconds.value_or(0));
     });
 }
 
@@ -463,11 +469,12 @@ std::vector<std::string> SandboxStore::expired_sandboxes() {
 
 void SandboxStore::insert_snapshot(const SnapshotRecord& r) {
     db_.transaction([&](pqxx::work& tx) {
-        tx.exec_params("INSERT INTO sandbox.snapshots (id, tenant_id, name, sandbox_id, template, "
-                       "vcpus, memory_mib, env, network, path) VALUES ($1, $2, $3, $4, $5, $6, "
-                       "$7, $8::jsonb, NULLIF($9, '')::jsonb, $10)",
-                       r.id, r.tenant_id, r.name, r.sandbox_id, r.template_name, r.vcpus,
-                       r.memory_mib, to_json_text(r.env), network_text(r.network), r.path);
+        tx.exec_params(
+            "INSERT INTO sandbox.snapshots (id, tenant_id, name, sandbox_id, template, "
+            "vcpus, memory_mib, env, network, path) VALUES ($1, $2, $3, $4, $5, $6, "
+            "$7, $8::jsonb, NULLIF($9, '')::jsonb, $10)",
+            r.id, r.tenant_id, r.name, r.sandbox_id, r.template_name, r.vcpus, r.memory_mib,
+            to_json_text(r.env), network_text(r.network), r.path);
     });
 }
 
@@ -508,9 +515,8 @@ std::vector<SnapshotRecord> SandboxStore::all_snapshots() {
 }
 
 void SandboxStore::delete_snapshot(const std::string& id) {
-    db_.transaction([&](pqxx::work& tx) {
-        tx.exec_params("DELETE FROM sandbox.snapshots WHERE id = $1", id);
-    });
+    db_.transaction(
+        [&](pqxx::work& tx) { tx.exec_params("DELETE FROM sandbox.snapshots WHERE id = $1", id); });
 }
 
 }  // namespace holt::sandbox

@@ -39,9 +39,10 @@ void apply_migrations(Database& database, std::string_view schema,
                       const std::vector<Migration>& migrations) {
     std::string name(schema);
     database.transaction([&](pqxx::work& tx) {
-        tx.exec("CREATE TABLE IF NOT EXISTS public.holt_schema_migrations (schema text NOT NULL, "
-                "version int NOT NULL, name text NOT NULL, applied_at timestamptz NOT NULL "
-                "DEFAULT now(), PRIMARY KEY (schema, version))");
+        tx.exec(
+            "CREATE TABLE IF NOT EXISTS public.holt_schema_migrations (schema text NOT NULL, "
+            "version int NOT NULL, name text NOT NULL, applied_at timestamptz NOT NULL "
+            "DEFAULT now(), PRIMARY KEY (schema, version))");
     });
     for (const auto& migration : migrations) {
         database.transaction([&](pqxx::work& tx) {
@@ -57,9 +58,10 @@ void apply_migrations(Database& database, std::string_view schema,
             with_context("migration " + name + "/" + std::to_string(migration.version) + " (" +
                              migration.name + ")",
                          [&] { tx.exec(migration.sql); });
-            tx.exec_params("INSERT INTO public.holt_schema_migrations (schema, version, name) "
-                           "VALUES ($1, $2, $3)",
-                           name, migration.version, migration.name);
+            tx.exec_params(
+                "INSERT INTO public.holt_schema_migrations (schema, version, name) "
+                "VALUES ($1, $2, $3)",
+                name, migration.version, migration.name);
         });
     }
 }

@@ -40,9 +40,7 @@ class Exchange {
     const std::string& path() const { return path_; }      // "/v1/x", percent-decoded
     // The first value of query parameter `name` (decoded), if present.
     std::optional<std::string> query(std::string_view name) const;
-    const std::vector<std::pair<std::string, std::string>>& query_params() const {
-        return query_;
-    }
+    const std::vector<std::pair<std::string, std::string>>& query_params() const { return query_; }
     // A path parameter the router matched ("{id}" in the route's pattern).
     const std::string& param(const std::string& name) const;
     std::map<std::string, std::string>& params() { return params_; }
