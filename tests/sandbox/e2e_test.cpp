@@ -1,0 +1,502 @@
+// End to end: the real holt-sandboxd, a real PostgreSQL (a private cluster in a temporary
+// directory, or HOLT_DATABASE_URL), real microVMs from the images in HOLT_DATA_DIR.
+
+#include <gtest/gtest.h>
+#include <openssl/sha.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/json.hpp>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <sstream>
+#include <thread>
+
+#include "holt/common/child_process.hpp"
+
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = beast::http;
+namespace json = boost::json;
+namespace fs = std::filesystem;
+using asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+
+// Small VMs: the base template at 256 MiB has a template snapshot ready in the test data dir.
+const json::object kSmall{{"template", "base"}, {"memory_mib", 256}};
+
+std::string shell(const std::string& cmd) {
+    auto r = holt::run_command({"/bin/sh", "-c", cmd});
+    if (!r.status.success()) {
+        throw std::runtime_error(cmd + ": " + r.output);
+    }
+    return r.output;
+}
+
+std::uint16_t free_port() {
+    asio::io_context ioc;
+    tcp::acceptor a(ioc, {asio::ip::make_address("127.0.0.1"), 0});
+    return a.local_endpoint().port();
+}
+
+struct Response {
+    int status = 0;
+    std::string body;
+    json::value json() const { return json::parse(body); }
+    std::string code() const { return std::string(json().at("error").at("code").as_string()); }
+};
+
+// The service and its database, for the whole test program.
+class Service : public ::testing::Environment {
+  public:
+    void SetUp() override {
+        char tmpl[] = "/tmp/holt-sbx-e2e-XXXXXX";
+        dir_ = ::mkdtemp(tmpl);
+        if (const char* url = std::getenv("HOLT_DATABASE_URL"); url && *url) {
+            url_ = url;
+        } else {
+            start_postgres();
+        }
+        port_ = free_port();
+        std::string log = dir_ + "/sandboxd.log";
+        daemon_ = std::make_unique<holt::ChildProcess>(holt::ChildProcess::spawn(
+            {HOLT_SANDBOXD_PATH, "--listen", "127.0.0.1:" + std::to_string(port_), "--database-url",
+             url_, "--reaper-period-ms", "200", "--log-level", "info"},
+            {.output_file = log, .die_with_parent = true}));
+        auto deadline = Clock::now() + std::chrono::seconds(60);
+        while (Clock::now() < deadline) {
+            try {
+                if (request("GET", "/healthz").status == 200) {
+                    break;
+                }
+            } catch (const std::exception&) {
+            }
+            if (!daemon_->running()) {
+                FAIL() << "holt-sandboxd exited: " << shell("tail -20 " + log);
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        key_a_ = create_key("tenant-a");
+        key_b_ = create_key("tenant-b");
+    }
+
+    void TearDown() override {
+        if (daemon_) {
+            daemon_->send_signal(SIGTERM);
+            if (!daemon_->wait_for(std::chrono::seconds(30))) {
+                daemon_->kill_and_wait();
+            }
+        }
+        if (!pg_dir_.empty()) {
+            holt::run_command({"runuser", "-u", "postgres", "--",
+                               "/usr/lib/postgresql/15/bin/pg_ctl", "-D", pg_dir_ + "/data", "-m",
+                               "immediate", "stop"});
+        }
+        if (::testing::UnitTest::GetInstance()->Passed()) {
+            fs::remove_all(dir_);
+        } else {
+            std::fprintf(stderr, "service log kept in %s/sandboxd.log\n", dir_.c_str());
+        }
+    }
+
+    Response request(const std::string& method, const std::string& target,
+                     const std::optional<json::value>& body = std::nullopt,
+                     const std::string& key = "") const {
+        asio::io_context ioc;
+        tcp::socket socket(ioc);
+        socket.connect({asio::ip::make_address("127.0.0.1"), port_});
+        bhttp::request<bhttp::string_body> req{bhttp::string_to_verb(method), target, 11};
+        req.set(bhttp::field::host, "127.0.0.1");
+        if (!key.empty()) {
+            req.set(bhttp::field::authorization, "Bearer " + key);
+        }
+        if (body) {
+            req.set(bhttp::field::content_type, "application/json");
+            req.body() = json::serialize(*body);
+        }
+        req.prepare_payload();
+        bhttp::write(socket, req);
+        beast::flat_buffer buffer;
+        bhttp::response_parser<bhttp::string_body> parser;
+        parser.body_limit(256 * 1024 * 1024);
+        bhttp::read(socket, buffer, parser);
+        return {static_cast<int>(parser.get().result_int()), parser.get().body()};
+    }
+
+    std::uint16_t port() const { return port_; }
+    const std::string& key_a() const { return key_a_; }
+    const std::string& key_b() const { return key_b_; }
+    const std::string& dir() const { return dir_; }
+
+  private:
+    void start_postgres() {
+        pg_dir_ = dir_ + "/pg";
+        fs::create_directories(pg_dir_);
+        shell("chown -R postgres: " + pg_dir_ + " && chmod 755 " + dir_);
+        shell("runuser -u postgres -- /usr/lib/postgresql/15/bin/initdb -D " + pg_dir_ +
+              "/data -A trust -U postgres >/dev/null");
+        shell("runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D " + pg_dir_ +
+              "/data -w -l " + pg_dir_ + "/log -o \"-k " + pg_dir_ +
+              " -c listen_addresses='' -F\" start >/dev/null");
+        url_ = "host=" + pg_dir_ + " user=postgres dbname=postgres";
+    }
+
+    std::string create_key(const std::string& tenant) {
+        auto r = holt::run_command(
+            {HOLT_SANDBOXD_PATH, "keys", "create", "--tenant", tenant, "--database-url", url_});
+        if (!r.status.success()) {
+            throw std::runtime_error("keys create: " + r.output);
+        }
+        // Output is stdout and stderr together: the key is the line of its own.
+        std::istringstream lines(r.output);
+        for (std::string line; std::getline(lines, line);) {
+            if (line.size() == 45 && line.rfind("holt_", 0) == 0) {
+                return line;
+            }
+        }
+        throw std::runtime_error("keys create printed no key: " + r.output);
+    }
+
+    std::string dir_;
+    std::string pg_dir_;
+    std::string url_;
+    std::uint16_t port_ = 0;
+    std::unique_ptr<holt::ChildProcess> daemon_;
+    std::string key_a_;
+    std::string key_b_;
+};
+
+Service* service = nullptr;
+
+Response call(const std::string& method, const std::string& target,
+              const std::optional<json::value>& body = std::nullopt) {
+    return service->request(method, target, body, service->key_a());
+}
+
+std::string create(json::object spec = kSmall) {
+    auto r = call("POST", "/v1/sandboxes", spec);
+    if (r.status != 201) {
+        throw std::runtime_error("create: " + std::to_string(r.status) + " " + r.body);
+    }
+    return std::string(r.json().at("id").as_string());
+}
+
+json::value exec(const std::string& id, const std::string& cmd) {
+    auto r = call("POST", "/v1/sandboxes/" + id + "/exec", json::object{{"cmd", cmd}});
+    if (r.status != 200) {
+        throw std::runtime_error("exec " + cmd + ": " + std::to_string(r.status) + " " + r.body);
+    }
+    return r.json();
+}
+
+std::string stdout_of(const std::string& id, const std::string& cmd) {
+    return std::string(exec(id, cmd).at("stdout").as_string());
+}
+
+void kill(const std::string& id) {
+    call("DELETE", "/v1/sandboxes/" + id);
+}
+
+TEST(SandboxE2E, CreateExecKill) {
+    auto id = create();
+    auto r = exec(id, "echo hello; echo oops >&2; exit 3");
+    EXPECT_EQ(r.at("stdout").as_string(), "hello\n");
+    EXPECT_EQ(r.at("stderr").as_string(), "oops\n");
+    EXPECT_EQ(r.at("exit_code").as_int64(), 3);
+
+    auto got = call("GET", "/v1/sandboxes/" + id);
+    EXPECT_EQ(got.json().at("state").as_string(), "running");
+
+    auto killed = call("DELETE", "/v1/sandboxes/" + id);
+    ASSERT_EQ(killed.status, 200);
+    EXPECT_EQ(killed.json().at("state").as_string(), "killed");
+    EXPECT_EQ(killed.json().at("end_reason").as_string(), "killed");
+    EXPECT_EQ(call("DELETE", "/v1/sandboxes/" + id).status, 200);  // twice is fine
+
+    auto after = call("POST", "/v1/sandboxes/" + id + "/exec", json::object{{"cmd", "true"}});
+    EXPECT_EQ(after.status, 410);
+    EXPECT_EQ(after.code(), "sandbox_gone");
+    EXPECT_EQ(call("GET", "/v1/sandboxes/" + id).json().at("state").as_string(), "killed");
+}
+
+TEST(SandboxE2E, BadRequestsGetStableErrors) {
+    auto r = call("POST", "/v1/sandboxes", json::object{{"template", "pyhton"}});
+    EXPECT_EQ(r.status, 400);
+    EXPECT_EQ(r.code(), "unknown_template");
+
+    r = call("POST", "/v1/sandboxes", json::object{{"template", 5}});
+    EXPECT_EQ(r.status, 400);
+    EXPECT_EQ(r.code(), "bad_request");
+
+    r = service->request("GET", "/v1/sandboxes");
+    EXPECT_EQ(r.status, 401);
+    r = service->request("GET", "/v1/sandboxes", std::nullopt, "holt_notakey");
+    EXPECT_EQ(r.status, 401);
+
+    r = call("GET", "/v1/sandboxes/sbx-doesnotexist");
+    EXPECT_EQ(r.status, 404);
+    EXPECT_EQ(r.code(), "not_found");
+    r = call("GET", "/v1/nothing/here");
+    EXPECT_EQ(r.status, 404);
+    r = call("POST", "/v1/sandboxes", json::object{{"template", "base"}, {"vcpus", 64}});
+    EXPECT_EQ(r.status, 400);
+    EXPECT_EQ(call("GET", "/healthz").status, 200);
+}
+
+TEST(SandboxE2E, AnotherTenantGets404) {
+    auto id = create();
+    auto r = service->request("GET", "/v1/sandboxes/" + id, std::nullopt, service->key_b());
+    EXPECT_EQ(r.status, 404);
+    r = service->request("POST", "/v1/sandboxes/" + id + "/exec", json::object{{"cmd", "true"}},
+                         service->key_b());
+    EXPECT_EQ(r.status, 404);
+    r = service->request("DELETE", "/v1/sandboxes/" + id, std::nullopt, service->key_b());
+    EXPECT_EQ(r.status, 404);
+    auto list = service->request("GET", "/v1/sandboxes", std::nullopt, service->key_b());
+    EXPECT_EQ(list.body.find(id), std::string::npos);
+    EXPECT_EQ(call("GET", "/v1/sandboxes/" + id).json().at("state").as_string(), "running");
+    kill(id);
+}
+
+TEST(SandboxE2E, StreamedExecDeliversFirstLineBeforeTheEnd) {
+    auto id = create();
+    asio::io_context ioc;
+    tcp::socket socket(ioc);
+    socket.connect({asio::ip::make_address("127.0.0.1"), service->port()});
+    bhttp::request<bhttp::string_body> req{bhttp::verb::post, "/v1/sandboxes/" + id + "/exec", 11};
+    req.set(bhttp::field::host, "x");
+    req.set(bhttp::field::authorization, "Bearer " + service->key_a());
+    req.body() = json::serialize(
+        json::object{{"cmd", "echo first; sleep 4; echo second"}, {"stream", true}});
+    req.prepare_payload();
+    bhttp::write(socket, req);
+
+    beast::flat_buffer buffer;
+    bhttp::response_parser<bhttp::buffer_body> parser;
+    bhttp::read_header(socket, buffer, parser);
+    ASSERT_EQ(parser.get().result_int(), 200);
+    std::string text;
+    std::optional<Clock::time_point> first_at, exit_at;
+    char chunk[4096];
+    while (!parser.is_done()) {
+        parser.get().body().data = chunk;
+        parser.get().body().size = sizeof(chunk);
+        beast::error_code ec;
+        bhttp::read_some(socket, buffer, parser, ec);  // whatever has arrived
+        if (ec && ec != bhttp::error::need_buffer) {
+            FAIL() << ec.message();
+        }
+        text.append(chunk, sizeof(chunk) - parser.get().body().size);
+        if (!first_at && text.find("first") != std::string::npos) {
+            first_at = Clock::now();
+        }
+        if (!exit_at && text.find("\"exit\"") != std::string::npos) {
+            exit_at = Clock::now();
+        }
+    }
+    ASSERT_TRUE(first_at && exit_at) << text;
+    EXPECT_GT(*exit_at - *first_at, std::chrono::seconds(2)) << text;
+    EXPECT_NE(text.find("\"type\":\"start\""), std::string::npos);
+    EXPECT_NE(text.find("second"), std::string::npos);
+    EXPECT_NE(text.find("\"exit_code\":0"), std::string::npos);
+    kill(id);
+}
+
+// 100 MiB of bytes that are not all the same, generated on the fly.
+char pattern_byte(std::uint64_t i) {
+    return static_cast<char>((i * 2654435761u) >> 13);
+}
+
+TEST(SandboxE2E, HundredMiBUploadAndDownloadRoundTrip) {
+    constexpr std::uint64_t kSize = 100ull * 1024 * 1024;
+    auto id = create();
+    asio::io_context ioc;
+    tcp::socket socket(ioc);
+    socket.connect({asio::ip::make_address("127.0.0.1"), service->port()});
+
+    // Upload with a Content-Length, written in 1 MiB pieces: nothing holds the whole file.
+    std::string head = "PUT /v1/sandboxes/" + id +
+                       "/files?path=/root/big.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                       service->key_a() + "\r\nContent-Length: " + std::to_string(kSize) +
+                       "\r\nContent-Type: application/octet-stream\r\n\r\n";
+    asio::write(socket, asio::buffer(head));
+    unsigned char sent_digest[SHA256_DIGEST_LENGTH];
+    SHA256_CTX sent;
+    SHA256_Init(&sent);
+    std::string piece(1024 * 1024, '\0');
+    for (std::uint64_t offset = 0; offset < kSize; offset += piece.size()) {
+        for (std::size_t i = 0; i < piece.size(); ++i) {
+            piece[i] = pattern_byte(offset + i);
+        }
+        SHA256_Update(&sent, piece.data(), piece.size());
+        asio::write(socket, asio::buffer(piece));
+    }
+    SHA256_Final(sent_digest, &sent);
+    beast::flat_buffer buffer;
+    bhttp::response<bhttp::string_body> put;
+    bhttp::read(socket, buffer, put);
+    ASSERT_EQ(put.result_int(), 201) << put.body();
+    EXPECT_EQ(json::parse(put.body()).at("size").to_number<std::uint64_t>(), kSize);
+
+    // Download, streamed through a digest.
+    bhttp::request<bhttp::empty_body> get{bhttp::verb::get,
+                                          "/v1/sandboxes/" + id + "/files?path=/root/big.bin", 11};
+    get.set(bhttp::field::host, "x");
+    get.set(bhttp::field::authorization, "Bearer " + service->key_a());
+    bhttp::write(socket, get);
+    bhttp::response_parser<bhttp::buffer_body> parser;
+    parser.body_limit(boost::none);
+    bhttp::read_header(socket, buffer, parser);
+    ASSERT_EQ(parser.get().result_int(), 200);
+    SHA256_CTX got;
+    SHA256_Init(&got);
+    std::uint64_t received = 0;
+    std::vector<char> chunk(256 * 1024);
+    while (!parser.is_done()) {
+        parser.get().body().data = chunk.data();
+        parser.get().body().size = chunk.size();
+        beast::error_code ec;
+        bhttp::read(socket, buffer, parser, ec);
+        ASSERT_TRUE(!ec || ec == bhttp::error::need_buffer) << ec.message();
+        std::size_t n = chunk.size() - parser.get().body().size;
+        SHA256_Update(&got, chunk.data(), n);
+        received += n;
+    }
+    unsigned char got_digest[SHA256_DIGEST_LENGTH];
+    SHA256_Final(got_digest, &got);
+    EXPECT_EQ(received, kSize);
+    EXPECT_EQ(std::memcmp(sent_digest, got_digest, sizeof(got_digest)), 0);
+
+    // The guest agrees on the size.
+    EXPECT_EQ(stdout_of(id, "stat -c %s /root/big.bin"), std::to_string(kSize) + "\n");
+    auto missing = call("GET", "/v1/sandboxes/" + id + "/files?path=/nope");
+    EXPECT_EQ(missing.status, 404);
+    EXPECT_EQ(missing.code(), "file_not_found");
+    kill(id);
+}
+
+TEST(SandboxE2E, TtlExpiryKillsAndRecordsWhy) {
+    auto spec = kSmall;
+    spec["ttl_seconds"] = 2;
+    auto id = create(spec);
+    auto deadline = Clock::now() + std::chrono::seconds(60);
+    json::value got;
+    while (Clock::now() < deadline) {
+        got = call("GET", "/v1/sandboxes/" + id).json();
+        if (got.at("state").as_string() == "killed") {
+            break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    }
+    ASSERT_EQ(got.at("state").as_string(), "killed");
+    EXPECT_EQ(got.at("end_reason").as_string(), "ttl_expired");
+    auto r = call("POST", "/v1/sandboxes/" + id + "/exec", json::object{{"cmd", "true"}});
+    EXPECT_EQ(r.status, 410);
+}
+
+TEST(SandboxE2E, ForkChildrenDiverge) {
+    auto id = create();
+    exec(id, "echo parent > /root/who");
+    auto r = call("POST", "/v1/sandboxes/" + id + "/fork", json::object{{"count", 2}});
+    ASSERT_EQ(r.status, 201) << r.body;
+    auto kids = r.json().at("sandboxes").as_array();
+    ASSERT_EQ(kids.size(), 2u);
+    std::vector<std::string> ids;
+    for (const auto& k : kids) {
+        ids.emplace_back(k.at("id").as_string());
+        EXPECT_EQ(k.at("parent_id").as_string(), id);
+    }
+    // Each starts from the parent's file, then goes its own way.
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+        EXPECT_EQ(stdout_of(ids[i], "cat /root/who"), "parent\n");
+        exec(ids[i], "echo child" + std::to_string(i) + " > /root/who");
+    }
+    EXPECT_EQ(stdout_of(ids[0], "cat /root/who"), "child0\n");
+    EXPECT_EQ(stdout_of(ids[1], "cat /root/who"), "child1\n");
+    EXPECT_EQ(stdout_of(id, "cat /root/who"), "parent\n");
+    for (const auto& k : ids) {
+        kill(k);
+    }
+    kill(id);
+}
+
+TEST(SandboxE2E, HibernateAndWakeKeepFilesAndProcesses) {
+    auto id = create();
+    exec(id, "echo kept > /root/note");
+    auto bg = call("POST", "/v1/sandboxes/" + id + "/exec",
+                   json::object{{"cmd", "sleep 1000"}, {"background", true}});
+    ASSERT_EQ(bg.status, 201) << bg.body;
+    auto pid = bg.json().at("pid").as_int64();
+
+    auto h = call("POST", "/v1/sandboxes/" + id + "/hibernate");
+    ASSERT_EQ(h.status, 200) << h.body;
+    EXPECT_EQ(h.json().at("state").as_string(), "hibernated");
+
+    // An exec on a hibernated sandbox wakes it first.
+    EXPECT_EQ(stdout_of(id, "cat /root/note"), "kept\n");
+    EXPECT_EQ(call("GET", "/v1/sandboxes/" + id).json().at("state").as_string(), "running");
+    EXPECT_EQ(stdout_of(id, "kill -0 " + std::to_string(pid) + " && echo alive"), "alive\n");
+    auto procs = call("GET", "/v1/sandboxes/" + id + "/processes");
+    ASSERT_EQ(procs.status, 200);
+    bool found = false;
+    auto listed = procs.json();
+    for (const auto& p : listed.at("processes").as_array()) {
+        found |= p.at("pid").as_int64() == pid && p.at("running").as_bool();
+    }
+    EXPECT_TRUE(found) << procs.body;
+
+    // Explicit hibernate and wake too.
+    ASSERT_EQ(call("POST", "/v1/sandboxes/" + id + "/hibernate").status, 200);
+    auto w = call("POST", "/v1/sandboxes/" + id + "/wake");
+    ASSERT_EQ(w.status, 200) << w.body;
+    EXPECT_EQ(w.json().at("state").as_string(), "running");
+    EXPECT_EQ(stdout_of(id, "cat /root/note"), "kept\n");
+    kill(id);
+}
+
+TEST(SandboxE2E, TwentyConcurrentCreatesAllWork) {
+    constexpr int kCount = 20;
+    std::vector<std::future<std::string>> pending;
+    for (int i = 0; i < kCount; ++i) {
+        pending.push_back(std::async(std::launch::async, [i] {
+            auto id = create();
+            auto out = stdout_of(id, "echo sandbox-" + std::to_string(i));
+            return id + " " + out;
+        }));
+    }
+    std::vector<std::string> ids;
+    int ok = 0;
+    for (int i = 0; i < kCount; ++i) {
+        try {
+            auto result = pending[i].get();
+            auto space = result.find(' ');
+            ids.push_back(result.substr(0, space));
+            EXPECT_EQ(result.substr(space + 1), "sandbox-" + std::to_string(i) + "\n");
+            ++ok;
+        } catch (const std::exception& e) {
+            ADD_FAILURE() << "sandbox " << i << ": " << e.what();
+        }
+    }
+    EXPECT_EQ(ok, kCount);
+    for (const auto& id : ids) {
+        kill(id);
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    ::testing::InitGoogleTest(&argc, argv);
+    service = new Service;
+    ::testing::AddGlobalTestEnvironment(service);
+    return RUN_ALL_TESTS();
+}
