@@ -61,22 +61,47 @@ class Service : public ::testing::Environment {
     void SetUp() override {
         char tmpl[] = "/tmp/holt-sbx-e2e-XXXXXX";
         dir_ = ::mkdtemp(tmpl);
+        // The private cluster runs as the postgres user, which must reach its directory.
+        fs::permissions(dir_, fs::perms::owner_all | fs::perms::others_exec);
         if (const char* url = std::getenv("HOLT_DATABASE_URL"); url && *url) {
             url_ = url;
         } else {
-            start_postgres();
+            url_ = holt_postgres("start");
         }
         port_ = free_port();
+        start_daemon();
+        key_a_ = create_key("tenant-a");
+        key_b_ = create_key("tenant-b");
+    }
+
+    void TearDown() override {
+        stop_daemon(SIGTERM);
+        // A graceful stop leaves the sandboxes' VMs running for the next start to adopt: this
+        // test's run directory goes, and the VMs in it with it.
+        holt::run_command({"pkill", "-KILL", "-f", run_dir()});
+        if (std::getenv("HOLT_DATABASE_URL") == nullptr) {
+            holt_postgres("stop");
+        }
+        if (::testing::UnitTest::GetInstance()->Passed()) {
+            fs::remove_all(dir_);
+        } else {
+            std::fprintf(stderr, "service log kept in %s/sandboxd.log\n", dir_.c_str());
+        }
+    }
+
+    void start_daemon() {
         std::string log = dir_ + "/sandboxd.log";
         daemon_ = std::make_unique<holt::ChildProcess>(holt::ChildProcess::spawn(
-            {HOLT_SANDBOXD_PATH, "--listen", "127.0.0.1:" + std::to_string(port_), "--database-url",
-             url_, "--reaper-period-ms", "200", "--log-level", "info"},
-            {.output_file = log, .die_with_parent = true}));
-        auto deadline = Clock::now() + std::chrono::seconds(60);
+            {"/bin/sh", "-c",
+             "exec \"$0\" \"$@\" >> " + log + " 2>&1", HOLT_SANDBOXD_PATH, "--listen",
+             "127.0.0.1:" + std::to_string(port_), "--database-url", url_, "--run-dir", run_dir(),
+             "--reaper-period-ms", "200", "--log-level", "info"},
+            {}));
+        auto deadline = Clock::now() + std::chrono::seconds(120);
         while (Clock::now() < deadline) {
             try {
                 if (request("GET", "/healthz").status == 200) {
-                    break;
+                    return;
                 }
             } catch (const std::exception&) {
             }
@@ -85,27 +110,24 @@ class Service : public ::testing::Environment {
             }
             std::this_thread::sleep_for(std::chrono::milliseconds(100));
         }
-        key_a_ = create_key("tenant-a");
-        key_b_ = create_key("tenant-b");
+        FAIL() << "holt-sandboxd did not answer /healthz: " << shell("tail -20 " + log);
     }
 
-    void TearDown() override {
+    void stop_daemon(int signal) {
         if (daemon_) {
-            daemon_->send_signal(SIGTERM);
+            daemon_->send_signal(signal);
             if (!daemon_->wait_for(std::chrono::seconds(30))) {
                 daemon_->kill_and_wait();
             }
+            daemon_.reset();
         }
-        if (!pg_dir_.empty()) {
-            holt::run_command({"runuser", "-u", "postgres", "--",
-                               "/usr/lib/postgresql/15/bin/pg_ctl", "-D", pg_dir_ + "/data", "-m",
-                               "immediate", "stop"});
-        }
-        if (::testing::UnitTest::GetInstance()->Passed()) {
-            fs::remove_all(dir_);
-        } else {
-            std::fprintf(stderr, "service log kept in %s/sandboxd.log\n", dir_.c_str());
-        }
+    }
+
+    // The VMs the service's run directory holds.
+    std::size_t vm_count() const {
+        std::error_code ec;
+        return static_cast<std::size_t>(
+            std::distance(fs::directory_iterator(run_dir() + "/vms", ec), fs::directory_iterator()));
     }
 
     Response request(const std::string& method, const std::string& target,
@@ -138,16 +160,19 @@ class Service : public ::testing::Environment {
     const std::string& dir() const { return dir_; }
 
   private:
-    void start_postgres() {
-        pg_dir_ = dir_ + "/pg";
-        fs::create_directories(pg_dir_);
-        shell("chown -R postgres: " + pg_dir_ + " && chmod 755 " + dir_);
-        shell("runuser -u postgres -- /usr/lib/postgresql/15/bin/initdb -D " + pg_dir_ +
-              "/data -A trust -U postgres >/dev/null");
-        shell("runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D " + pg_dir_ +
-              "/data -w -l " + pg_dir_ + "/log -o \"-k " + pg_dir_ +
-              " -c listen_addresses='' -F\" start >/dev/null");
-        url_ = "host=" + pg_dir_ + " user=postgres dbname=postgres";
+    std::string run_dir() const { return dir_ + "/run"; }
+
+    // Runs holt-postgres on this test's own private cluster; returns what it printed.
+    std::string holt_postgres(const std::string& command) {
+        auto r = holt::run_command({HOLT_POSTGRES_PATH, "--data-dir", dir_, command});
+        if (!r.status.success()) {
+            throw std::runtime_error("holt-postgres " + command + ": " + r.output);
+        }
+        std::string out = r.output;
+        while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) {
+            out.pop_back();
+        }
+        return out.substr(out.rfind('\n') + 1);  // the URL is the last line
     }
 
     std::string create_key(const std::string& tenant) {
@@ -167,7 +192,6 @@ class Service : public ::testing::Environment {
     }
 
     std::string dir_;
-    std::string pg_dir_;
     std::string url_;
     std::uint16_t port_ = 0;
     std::unique_ptr<holt::ChildProcess> daemon_;
@@ -499,4 +523,38 @@ int main(int argc, char** argv) {
     service = new Service;
     ::testing::AddGlobalTestEnvironment(service);
     return RUN_ALL_TESTS();
+}
+
+TEST(SandboxE2E, KillNineAndRestartKeepsEverySandboxAndLeaksNoVm) {
+    auto running = create();
+    exec(running, "echo kept > /root/file");
+    auto started = call("POST", "/v1/sandboxes/" + running + "/exec",
+                        json::object{{"cmd", "sleep 100000"}, {"background", true}});
+    ASSERT_EQ(started.status, 201) << started.body;
+    auto hibernated = create();
+    exec(hibernated, "echo asleep > /root/file");
+    ASSERT_EQ(call("POST", "/v1/sandboxes/" + hibernated + "/hibernate", json::object{}).status,
+              200);
+    auto snap = call("POST", "/v1/sandboxes/" + running + "/snapshots", json::object{});
+    ASSERT_EQ(snap.status, 201) << snap.body;
+    std::string snapshot_id(snap.json().at("id").as_string());
+
+    service->stop_daemon(SIGKILL);
+    service->start_daemon();
+
+    EXPECT_EQ(stdout_of(running, "cat /root/file"), "kept\n");
+    auto processes = call("GET", "/v1/sandboxes/" + running + "/processes");
+    EXPECT_NE(processes.body.find("sleep 100000"), std::string::npos) << processes.body;
+    EXPECT_EQ(call("GET", "/v1/sandboxes/" + hibernated).json().at("state").as_string(),
+              "hibernated");
+    EXPECT_EQ(stdout_of(hibernated, "cat /root/file"), "asleep\n");  // woken by the exec
+    auto from_snapshot = create(json::object{{"snapshot_id", snapshot_id}});
+    EXPECT_EQ(stdout_of(from_snapshot, "cat /root/file"), "kept\n");
+    // One VM per running sandbox, nothing else.
+    EXPECT_EQ(service->vm_count(), 3u);
+    for (const auto& id : {running, hibernated, from_snapshot}) {
+        kill(id);
+    }
+    EXPECT_EQ(service->vm_count(), 0u);
+    EXPECT_EQ(call("DELETE", "/v1/snapshots/" + snapshot_id).status, 204);
 }

@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/prctl.h>
+#include <linux/close_range.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
@@ -49,6 +50,10 @@ struct ChildSetup : bp::extend::handler {
             exec.set_error(std::error_code(errno, std::system_category()),
                            "enter network namespace");
         }
+        // The child gets stdin, stdout and stderr only. Descriptors this process opened without
+        // O_CLOEXEC (Asio's sockets among them) would otherwise live on in a QEMU that outlives
+        // us, holding our listening port.
+        ::syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
     }
 };
 

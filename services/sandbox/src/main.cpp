@@ -14,6 +14,8 @@
 #include "holt/common/error.hpp"
 #include "holt/common/log.hpp"
 #include "holt/http/server.hpp"
+#include "holt/store/database.hpp"
+#include "holt/store/local_cluster.hpp"
 #include "sandbox_manager.hpp"
 
 namespace {
@@ -39,9 +41,12 @@ std::string database_url(const Options& o) {
     if (const char* env = std::getenv("HOLT_DATABASE_URL"); env && *env) {
         return env;
     }
-    // TODO(sandbox): fall back to holt::store::database_url() (the private cluster in
-    // DATA_DIR/postgres) once libs/store is merged.
-    throw holt::Error("no control database: pass --database-url or set HOLT_DATABASE_URL");
+    // The private cluster in DATA_DIR/postgres, made and started if need be.
+    holt::store::LocalClusterOptions cluster;
+    if (!o.data_dir.empty()) {
+        cluster.data_dir = std::filesystem::path(o.data_dir);
+    }
+    return holt::store::database_url(cluster);
 }
 
 std::pair<std::string, std::uint16_t> parse_listen(const std::string& listen) {
@@ -72,7 +77,7 @@ int serve(const Options& o) {
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     ::signal(SIGPIPE, SIG_IGN);
 
-    holt::store::Database database(database_url(o), 16);
+    holt::store::Database database(database_url(o), {.max_connections = 16});
     holt::sandbox::SandboxStore store(database);
     holt::with_context("migrate schema sandbox", [&] { store.migrate(); });
 
@@ -81,6 +86,9 @@ int serve(const Options& o) {
     engine_options.recipes_dir = HOLT_IMAGES_DIR;
     engine_options.run_dir = o.run_dir;
     engine_options.accel = holt::vm::parse_accelerator_mode(o.accel);
+    // Its VMs outlive a restart: the next holt-sandboxd adopts them, and other tools' sweeps
+    // leave them alone.
+    engine_options.owner = "holt-sandboxd";
     holt::vm::Engine engine(engine_options);
 
     holt::sandbox::SandboxManager manager(engine, store, o.limits);
@@ -118,7 +126,7 @@ int serve(const Options& o) {
 }
 
 int create_key(const Options& o, const std::string& tenant, const std::string& name) {
-    holt::store::Database database(database_url(o), 1);
+    holt::store::Database database(database_url(o), {.max_connections = 1});
     holt::sandbox::SandboxStore store(database);
     store.migrate();
     std::string secret;

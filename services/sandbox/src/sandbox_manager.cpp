@@ -84,9 +84,7 @@ void SandboxManager::shutdown() {
     if (reaper_.joinable()) {
         reaper_.join();
     }
-    // TODO(sandbox): once the engine can adopt VMs, leave them running here so that the next
-    // process takes them over; until then they go with this process, and the next one marks
-    // their sandboxes vm_failed.
+    // VMs run on and kept snapshots stay: the next process adopts and reopens them.
     std::map<std::string, std::shared_ptr<Live>> all;
     {
         std::lock_guard lock(mutex_);
@@ -96,7 +94,8 @@ void SandboxManager::shutdown() {
     for (auto& [id, live] : all) {
         std::unique_lock lock(live->mutex);
         live->changed.wait_for(lock, std::chrono::seconds(5), [&] { return live->users == 0; });
-        if (live->users == 0) {
+        if (live->users == 0 && live->vm) {
+            live->vm->detach();
             live->vm.reset();
         }
         live->hibernated.reset();
@@ -104,21 +103,12 @@ void SandboxManager::shutdown() {
 }
 
 std::unique_ptr<vm::Vm> SandboxManager::adopt_vm(const SandboxRecord& record) {
-    // TODO(sandbox): the adoption point. With Engine::adopt(vm_id) this becomes
-    //   return engine_.adopt(record.vm_id);   (nullptr or an error when it cannot)
-    // and shutdown() leaves VMs running. Until then a VM does not outlive its process.
-    logger()->warn("sbx={} vm={} cannot be adopted: the engine has no adoption yet", record.id,
-                   record.vm_id);
-    return nullptr;
+    return engine_.adopt(record.vm_id);
 }
 
+// The store records a kept snapshot by its directory, whose name is the engine's snapshot id.
 std::shared_ptr<vm::Snapshot> SandboxManager::reopen_snapshot(const std::string& path) {
-    // TODO(sandbox): with Engine::open_snapshot(dir) this becomes
-    //   return engine_.open_snapshot(path);
-    // Snapshots of running VMs do not outlive the process that made them yet.
-    logger()->warn("snapshot {} cannot be reopened: the engine keeps no snapshot across restarts",
-                   path);
-    return nullptr;
+    return engine_.open_snapshot(std::filesystem::path(path).filename().string());
 }
 
 void SandboxManager::reconcile() {
@@ -406,7 +396,7 @@ void SandboxManager::wake_locked(Live& live, std::unique_lock<std::mutex>& lock)
     std::unique_ptr<vm::Vm> vm;
     std::exception_ptr failure;
     try {
-        vm = engine_.restore(snapshot, live.template_name, policy_of(live.network));
+        vm = engine_.wake(snapshot);  // the hibernation snapshot is used up
     } catch (const std::exception& e) {
         failure = std::make_exception_ptr(vm_failure("wake sandbox " + live.id, e));
     }
@@ -515,7 +505,9 @@ void SandboxManager::kill_live(const std::shared_ptr<Live>& live, const std::str
         live->changed.notify_all();
     }
     vm.reset();
-    hibernated.reset();
+    if (hibernated) {
+        hibernated->remove();
+    }
     store_.set_ended(live->id, reason);
     {
         std::lock_guard lock(mutex_);
@@ -579,10 +571,15 @@ void SandboxManager::delete_snapshot(const std::string& tenant, const std::strin
     }
     store_.delete_snapshot(id);
     std::shared_ptr<vm::Snapshot> doomed;
-    std::lock_guard lock(mutex_);
-    if (auto it = snapshots_.find(id); it != snapshots_.end()) {
-        doomed = std::move(it->second);  // files go once no sandbox restores from it
-        snapshots_.erase(it);
+    {
+        std::lock_guard lock(mutex_);
+        if (auto it = snapshots_.find(id); it != snapshots_.end()) {
+            doomed = std::move(it->second);
+            snapshots_.erase(it);
+        }
+    }
+    if (doomed) {
+        doomed->remove();  // sandboxes restored from it keep its disk layer while they run
     }
 }
 
@@ -593,34 +590,14 @@ std::vector<SandboxRecord> SandboxManager::fork(const std::string& tenant, const
     reserve(tenant, count, parent.vcpus, parent.memory_mib);
     std::vector<SandboxRecord> children;
     try {
-        // Snapshot once, then restore the children in parallel, each with the parent's network
-        // policy (Engine::fork would give them the default one).
-        std::shared_ptr<vm::Snapshot> snap;
+        std::vector<std::unique_ptr<vm::Vm>> vms;
         {
             std::lock_guard lock(lease.live_->snapshot_mutex);
             try {
-                snap = engine_.snapshot(lease.vm());
+                vms = engine_.fork(lease.vm(), count);
             } catch (const std::exception& e) {
-                throw vm_failure("fork sandbox " + id + ": snapshot", e);
+                throw vm_failure("fork sandbox " + id, e);
             }
-        }
-        std::vector<std::future<std::unique_ptr<vm::Vm>>> pending;
-        for (int i = 0; i < count; ++i) {
-            pending.push_back(std::async(std::launch::async, [&] {
-                return engine_.restore(snap, parent.template_name, policy_of(parent.network));
-            }));
-        }
-        std::vector<std::unique_ptr<vm::Vm>> vms;
-        std::string failure;
-        for (auto& f : pending) {
-            try {
-                vms.push_back(f.get());
-            } catch (const std::exception& e) {
-                failure = e.what();
-            }
-        }
-        if (!failure.empty()) {
-            throw http::HttpError(503, "unavailable", "fork sandbox " + id + ": " + failure);
         }
         for (auto& vm : vms) {
             SandboxRecord child = parent;

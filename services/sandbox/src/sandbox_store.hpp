@@ -11,7 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "store_shim.hpp"
+#include "holt/store/database.hpp"
+#include "holt/store/migrations.hpp"
 
 namespace holt::sandbox {
 
