@@ -1,6 +1,6 @@
 # The two commands of the README:
-#   make up    installs what is missing, builds Holt and the guest images; today the platform is
-#              the VM engine and its operator tool, so "up" ends with the engine ready to use
+#   make up    installs what is missing, builds Holt and the guest images, then runs the platform
+#              in the foreground (infra/holt-up.sh: private PostgreSQL, first API key, services)
 #   make test  installs what is missing, builds, builds the guest images and runs every test
 # Both are incremental and safe to run again.
 
@@ -8,7 +8,8 @@ BUILD_DIR ?= build
 HOLT_VM   := $(BUILD_DIR)/bin/holt-vm
 JOBS      ?= $(shell nproc)
 
-.PHONY: all deps configure build images up test unit-test vm-test store-test bench format clean
+.PHONY: all deps configure build images up test unit-test vm-test store-test e2e-test bench \
+        bench-sandbox format clean
 
 all: build
 
@@ -26,9 +27,7 @@ images: build
 	@$(HOLT_VM) images build
 
 up: images
-	@echo "holt: the VM engine is ready. Try:"
-	@echo "  $(HOLT_VM) run --template code-interpreter -- python3 -c 'import numpy; print(6*7)'"
-	@echo "  $(HOLT_VM) shell --template base"
+	@BUILD_DIR=$(BUILD_DIR) infra/holt-up.sh
 
 unit-test: build
 	@cd $(BUILD_DIR) && ctest -L unit --output-on-failure
@@ -39,11 +38,18 @@ store-test: build
 vm-test: images
 	@cd $(BUILD_DIR) && ctest -L vm --output-on-failure
 
+e2e-test: images
+	@cd $(BUILD_DIR) && ctest -L e2e --output-on-failure
+
 test: images
 	@cd $(BUILD_DIR) && ctest --output-on-failure
 
 bench: images
 	@$(BUILD_DIR)/bin/holt-bench-vm
+
+# Needs the platform running (make up) and HOLT_API_URL, HOLT_API_KEY set.
+bench-sandbox:
+	@bench/sandbox_bench.py
 
 format:
 	@git ls-files '*.cpp' '*.hpp' | xargs clang-format -i

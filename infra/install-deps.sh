@@ -10,7 +10,7 @@ packages=(
   libcli11-dev libspdlog-dev libfmt-dev libyaml-cpp-dev libssl-dev
   libgtest-dev libgmock-dev
   # the Python SDK and its tests, the CLI's tests against a fake API
-  python3 python3-setuptools python3-wheel
+  python3 python3-setuptools python3-wheel curl
   # VMs and guest images
   qemu-system-x86 qemu-utils busybox-static mmdebstrap e2fsprogs cpio kmod xz-utils zstd
   # networking of VMs (libmnl and libnftables: holt_vm sets up namespaces and rules in-process)

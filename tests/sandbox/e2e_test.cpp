@@ -92,10 +92,9 @@ class Service : public ::testing::Environment {
     void start_daemon() {
         std::string log = dir_ + "/sandboxd.log";
         daemon_ = std::make_unique<holt::ChildProcess>(holt::ChildProcess::spawn(
-            {"/bin/sh", "-c",
-             "exec \"$0\" \"$@\" >> " + log + " 2>&1", HOLT_SANDBOXD_PATH, "--listen",
-             "127.0.0.1:" + std::to_string(port_), "--database-url", url_, "--run-dir", run_dir(),
-             "--reaper-period-ms", "200", "--log-level", "info"},
+            {"/bin/sh", "-c", "exec \"$0\" \"$@\" >> " + log + " 2>&1", HOLT_SANDBOXD_PATH,
+             "--listen", "127.0.0.1:" + std::to_string(port_), "--database-url", url_, "--run-dir",
+             run_dir(), "--reaper-period-ms", "200", "--log-level", "info"},
             {}));
         auto deadline = Clock::now() + std::chrono::seconds(120);
         while (Clock::now() < deadline) {
@@ -126,8 +125,8 @@ class Service : public ::testing::Environment {
     // The VMs the service's run directory holds.
     std::size_t vm_count() const {
         std::error_code ec;
-        return static_cast<std::size_t>(
-            std::distance(fs::directory_iterator(run_dir() + "/vms", ec), fs::directory_iterator()));
+        return static_cast<std::size_t>(std::distance(
+            fs::directory_iterator(run_dir() + "/vms", ec), fs::directory_iterator()));
     }
 
     Response request(const std::string& method, const std::string& target,

@@ -1,9 +1,9 @@
 #include "holt/common/child_process.hpp"
 
+#include <linux/close_range.h>
 #include <poll.h>
 #include <sched.h>
 #include <sys/prctl.h>
-#include <linux/close_range.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
