@@ -403,6 +403,9 @@ std::shared_ptr<Snapshot> Engine::template_snapshot(const VmOptions& options) {
                       ";qemu=" + file_stamp(driver_.command_line(MachineSpec{}).front()) +
                       ";machine=" + driver_.machine_signature(accel) + " " +
                       options.extra_kernel_args + ";network=" + (options.network ? "yes" : "no");
+    for (const auto& command : image.warmup) {
+        key += ";warmup=" + command;
+    }
 
     std::lock_guard lock(templates_mutex_);
     if (auto it = templates_.find(name);
@@ -467,6 +470,17 @@ std::shared_ptr<Snapshot> Engine::make_template_snapshot(const VmOptions& option
         // one (in a throwaway namespace; clones get their own).
         ColdBooted vm = cold_boot(options, image, accel, runtime, tmp / "disk.qcow2",
                                   {.file = tmp / "memory", .shared = true}, started);
+        for (const auto& command : image.warmup) {
+            with_context("warm-up command `" + command + "`", [&] {
+                ExecRequest warmup;
+                warmup.shell = command;
+                warmup.timeout = std::chrono::minutes(2);
+                auto result = vm.agent->run(warmup);
+                if (!result.status.exit_code || *result.status.exit_code != 0) {
+                    throw Error("it failed: " + result.stderr_data);
+                }
+            });
+        }
         vm.agent.reset();
         vm.machine->save_state(tmp / "state", /*skip_shared_memory=*/true);
         vm.machine->stop(std::chrono::seconds(3));

@@ -90,6 +90,12 @@ TemplateImage ImageStore::get(const std::string& name) const {
             .kernel_version = string_field(manifest, "kernel_version"),
             .recipe_hash = string_field(manifest, "recipe_hash"),
         };
+        std::ifstream warmup(recipes_dir_ / "templates" / (name + ".warmup"));
+        for (std::string line; std::getline(warmup, line);) {
+            if (!line.empty() && line.front() != '#') {
+                image.warmup.push_back(line);
+            }
+        }
         for (const auto& [what, path] :
              {std::pair{"kernel", image.kernel}, std::pair{"initrd", image.initrd},
               std::pair{"root filesystem", image.rootfs}}) {

@@ -16,6 +16,9 @@ struct TemplateImage {
     std::string rootfs_format;  // "raw" or "qcow2"
     std::string kernel_version;
     std::string recipe_hash;  // changes whenever anything the image is built from changes
+    // Shell commands run in the template's VM before its snapshot is saved (templates/<name>.warmup
+    // in the recipes), so what most sandboxes start with is already in the guest's page cache.
+    std::vector<std::string> warmup;
 };
 
 // Finds, checks and builds guest templates in a data directory.
