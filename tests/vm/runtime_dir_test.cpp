@@ -85,6 +85,21 @@ TEST_F(RuntimeDirTest, ADirectoryWhoseOwnerDetachedIsAdoptedOnce) {
     EXPECT_THROW(RuntimeDir::adopt(root_, "../etc"), Error);
 }
 
+TEST_F(RuntimeDirTest, TheHostRegistryListsDirectoriesWhileTheyExist) {
+    std::string id;
+    {
+        RuntimeDir dir = RuntimeDir::create(root_, "vm");
+        id = dir.id();
+        EXPECT_TRUE(RuntimeDir::exists_anywhere(id));
+        dir.detach();
+    }
+    EXPECT_TRUE(RuntimeDir::exists_anywhere(id));  // detached: still there
+    fs::remove_all(root_ / id);                    // as a crash and a careless cleanup leave it
+    EXPECT_FALSE(RuntimeDir::exists_anywhere(id));
+    RuntimeDir::sweep_host_registry();
+    EXPECT_FALSE(fs::is_symlink(fs::path(RuntimeDir::kHostRegistry) / id));
+}
+
 TEST_F(RuntimeDirTest, IdsAreDistinct) {
     EXPECT_NE(random_id("vm"), random_id("vm"));
 }

@@ -244,6 +244,7 @@ std::vector<std::string> Engine::sweep_stale_vms() {
     // Holt process's run directory.
     VmNetwork::sweep_stale([](const std::string& id) { return RuntimeDir::exists_anywhere(id); },
                            options_.network);
+    RuntimeDir::sweep_host_registry();
     collect_layers();
     return removed;
 }

@@ -138,6 +138,15 @@ int RuntimeDir::running_hypervisor(const fs::path& dir) {
     return args.find(dir.string()) == std::string::npos ? -1 : pid;
 }
 
+void RuntimeDir::sweep_host_registry() {
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(kHostRegistry, ec)) {
+        if (!fs::exists(entry.path(), ec)) {  // follows the link: false when its target is gone
+            fs::remove(entry.path(), ec);
+        }
+    }
+}
+
 bool RuntimeDir::is_owned(const fs::path& dir) {
     int fd = lock_directory(dir, /*create=*/false);
     if (fd < 0) {

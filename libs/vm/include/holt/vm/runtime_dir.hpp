@@ -28,6 +28,9 @@ class RuntimeDir {
     // True while the runtime directory of VM `id` exists under any runtime root: its VM runs,
     // or what it left awaits a sweep.
     static bool exists_anywhere(const std::string& id);
+    // Removes host registry entries whose runtime directory is gone (left by a process killed
+    // before it removed them).
+    static void sweep_host_registry();
     // True while a live process owns the runtime directory `dir`.
     static bool is_owned(const std::filesystem::path& dir);
 
