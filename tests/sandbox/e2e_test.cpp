@@ -334,6 +334,36 @@ TEST(SandboxE2E, StreamedExecDeliversFirstLineBeforeTheEnd) {
     kill(id);
 }
 
+TEST(SandboxE2E, AClientThatDisconnectsDoesNotKillItsCommand) {
+    auto id = create();
+    {
+        asio::io_context ioc;
+        tcp::socket socket(ioc);
+        socket.connect({asio::ip::make_address("127.0.0.1"), service->port()});
+        bhttp::request<bhttp::string_body> req{bhttp::verb::post,
+                                               "/v1/sandboxes/" + id + "/exec", 11};
+        req.set(bhttp::field::host, "x");
+        req.set(bhttp::field::authorization, "Bearer " + service->key_a());
+        req.body() = json::serialize(json::object{
+            {"cmd", "echo started; sleep 2; echo finished > /root/finished"}, {"stream", true}});
+        req.prepare_payload();
+        bhttp::write(socket, req);
+        beast::flat_buffer buffer;
+        bhttp::response_parser<bhttp::empty_body> parser;
+        bhttp::read_header(socket, buffer, parser);
+        ASSERT_EQ(parser.get().result_int(), 200);
+    }  // the client goes away while the command runs
+    std::string finished;
+    for (int i = 0; i < 60 && finished.empty(); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(250));
+        finished = stdout_of(id, "cat /root/finished 2>/dev/null || true");
+    }
+    EXPECT_EQ(finished, "finished\n");
+    auto processes = call("GET", "/v1/sandboxes/" + id + "/processes");
+    EXPECT_EQ(processes.status, 200) << processes.body;
+    kill(id);
+}
+
 // 100 MiB of bytes that are not all the same, generated on the fly.
 char pattern_byte(std::uint64_t i) {
     return static_cast<char>((i * 2654435761u) >> 13);
