@@ -340,8 +340,8 @@ TEST(SandboxE2E, AClientThatDisconnectsDoesNotKillItsCommand) {
         asio::io_context ioc;
         tcp::socket socket(ioc);
         socket.connect({asio::ip::make_address("127.0.0.1"), service->port()});
-        bhttp::request<bhttp::string_body> req{bhttp::verb::post,
-                                               "/v1/sandboxes/" + id + "/exec", 11};
+        bhttp::request<bhttp::string_body> req{bhttp::verb::post, "/v1/sandboxes/" + id + "/exec",
+                                               11};
         req.set(bhttp::field::host, "x");
         req.set(bhttp::field::authorization, "Bearer " + service->key_a());
         req.body() = json::serialize(json::object{
@@ -361,6 +361,36 @@ TEST(SandboxE2E, AClientThatDisconnectsDoesNotKillItsCommand) {
     EXPECT_EQ(finished, "finished\n");
     auto processes = call("GET", "/v1/sandboxes/" + id + "/processes");
     EXPECT_EQ(processes.status, 200) << processes.body;
+    kill(id);
+}
+
+TEST(SandboxE2E, BackgroundProcessesAreListedReattachedAndSignalled) {
+    auto id = create();
+    auto started =
+        call("POST", "/v1/sandboxes/" + id + "/exec",
+             json::object{{"cmd", "echo hello-from-background; touch /tmp/ready; sleep 100000"},
+                          {"background", true}});
+    ASSERT_EQ(started.status, 201) << started.body;
+    auto pid = started.json().at("pid").as_int64();
+    auto listed = call("GET", "/v1/sandboxes/" + id + "/processes");
+    ASSERT_EQ(listed.status, 200);
+    EXPECT_NE(listed.body.find("\"pid\":" + std::to_string(pid)), std::string::npos) << listed.body;
+    // Once it has printed (a shell starts slowly in a fresh VM under TCG), stop it.
+    for (int i = 0; i < 100 && stdout_of(id, "test -e /tmp/ready && echo yes") != "yes\n"; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+
+    auto signalled =
+        call("POST", "/v1/sandboxes/" + id + "/processes/" + std::to_string(pid) + "/signal",
+             json::object{{"signal", "TERM"}});
+    EXPECT_EQ(signalled.status, 204) << signalled.body;
+    // Re-attaching gives the output kept so far, then the end.
+    auto output =
+        call("GET", "/v1/sandboxes/" + id + "/processes/" + std::to_string(pid) + "/output");
+    EXPECT_EQ(output.status, 200);
+    EXPECT_NE(output.body.find("hello-from-background"), std::string::npos) << output.body;
+    EXPECT_NE(output.body.find("\"type\":\"exit\""), std::string::npos) << output.body;
+    EXPECT_EQ(call("GET", "/v1/sandboxes/" + id + "/processes/999999/output").status, 404);
     kill(id);
 }
 
