@@ -617,3 +617,45 @@ TEST(SandboxE2E, KillNineAndRestartKeepsEverySandboxAndLeaksNoVm) {
     EXPECT_EQ(service->vm_count(), 0u);
     EXPECT_EQ(call("DELETE", "/v1/snapshots/" + snapshot_id).status, 204);
 }
+
+TEST(SandboxE2E, FileOperationsTtlChangesAndKeys) {
+    auto id = create();
+    std::string base = "/v1/sandboxes/" + id + "/files";
+    auto made =
+        call("POST", base + "/mkdir", json::object{{"path", "/root/a/b"}, {"parents", true}});
+    EXPECT_EQ(made.status, 201) << made.body;
+    exec(id, "echo data > /root/a/b/f.txt");
+    auto listed = call("GET", base + "/list?path=/root/a/b");
+    ASSERT_EQ(listed.status, 200) << listed.body;
+    EXPECT_NE(listed.body.find("f.txt"), std::string::npos) << listed.body;
+    auto stat = call("GET", base + "/stat?path=/root/a/b/f.txt");
+    ASSERT_EQ(stat.status, 200) << stat.body;
+    EXPECT_EQ(stat.json().at("size").as_int64(), 5);
+    auto renamed = call("POST", base + "/rename",
+                        json::object{{"from", "/root/a/b/f.txt"}, {"to", "/root/a/g.txt"}});
+    EXPECT_EQ(renamed.status, 200) << renamed.body;
+    EXPECT_EQ(stdout_of(id, "cat /root/a/g.txt"), "data\n");
+    EXPECT_EQ(call("GET", base + "/stat?path=/root/a/b/f.txt").code(), "file_not_found");
+    EXPECT_EQ(call("DELETE", base + "?path=/root/a&recursive=true").status, 204);
+    EXPECT_EQ(call("GET", base + "?path=/root/a/g.txt").status, 404);
+
+    // A TTL set later is counted from now; null removes it.
+    auto patched = call("PATCH", "/v1/sandboxes/" + id, json::object{{"ttl_seconds", 3600}});
+    ASSERT_EQ(patched.status, 200) << patched.body;
+    EXPECT_TRUE(patched.json().at("expires_at").is_string());
+    patched = call("PATCH", "/v1/sandboxes/" + id, json::object{{"ttl_seconds", nullptr}});
+    ASSERT_EQ(patched.status, 200) << patched.body;
+    EXPECT_TRUE(patched.json().at("expires_at").is_null());
+    kill(id);
+
+    // A key made over the API works at once, and not after it is revoked.
+    auto key = call("POST", "/v1/keys", json::object{{"name", "ci"}});
+    ASSERT_EQ(key.status, 201) << key.body;
+    std::string secret(key.json().at("key").as_string());
+    std::string key_id(key.json().at("id").as_string());
+    EXPECT_EQ(service->request("GET", "/v1/sandboxes", std::nullopt, secret).status, 200);
+    auto keys = call("GET", "/v1/keys");
+    EXPECT_EQ(keys.body.find(secret), std::string::npos) << "secrets must never be listed";
+    EXPECT_EQ(call("DELETE", "/v1/keys/" + key_id).status, 204);
+    EXPECT_EQ(service->request("GET", "/v1/sandboxes", std::nullopt, secret).status, 401);
+}
