@@ -111,6 +111,24 @@ void set_headers(http::request<Body>& req, const ClientOptions& options, const s
     }
 }
 
+// Sends `request` (with its JSON body, if any) as the head of a fresh exchange on `conn`.
+void send_request(Connection& conn, const Request& request, const std::string& target,
+                  const ClientOptions& options, const std::string& host) {
+    http::request<http::string_body> req{request.method, target, 11};
+    set_headers(req, options, host);
+    if (request.json) {
+        req.set(http::field::content_type, "application/json");
+        req.body() = json::serialize(*request.json);
+    }
+    req.prepare_payload();
+    conn.arm();
+    beast::error_code ec;
+    http::write(conn.stream(), req, ec);
+    if (ec) {
+        throw Error("send request: " + ec.message());
+    }
+}
+
 // Reads a whole JSON answer (or throws the error it carries).
 json::value read_json_answer(Connection& conn) {
     http::response_parser<http::string_body> parser;
@@ -211,19 +229,7 @@ json::value ApiClient::call(const Request& request) {
     std::string target = this->target(request.path, request.query);
     return in_request(describe(request, target), [&] {
         Connection conn(host_, port_, options_.timeout);
-        http::request<http::string_body> req{request.method, target, 11};
-        set_headers(req, options_, host_);
-        if (request.json) {
-            req.set(http::field::content_type, "application/json");
-            req.body() = json::serialize(*request.json);
-        }
-        req.prepare_payload();
-        conn.arm();
-        beast::error_code ec;
-        http::write(conn.stream(), req, ec);
-        if (ec) {
-            throw Error("send request: " + ec.message());
-        }
+        send_request(conn, request, target, options_, host_);
         return read_json_answer(conn);
     });
 }
@@ -233,23 +239,12 @@ int ApiClient::stream(const Request& request, const BodySink& sink,
     std::string target = this->target(request.path, request.query);
     return in_request(describe(request, target), [&] {
         Connection conn(host_, port_, options_.timeout);
-        http::request<http::string_body> req{request.method, target, 11};
-        set_headers(req, options_, host_);
-        if (request.json) {
-            req.set(http::field::content_type, "application/json");
-            req.body() = json::serialize(*request.json);
-        }
-        req.prepare_payload();
-        conn.arm();
-        beast::error_code ec;
-        http::write(conn.stream(), req, ec);
-        if (ec) {
-            throw Error("send request: " + ec.message());
-        }
+        send_request(conn, request, target, options_, host_);
 
         http::response_parser<http::buffer_body> parser;
         parser.body_limit(boost::none);
         conn.arm();
+        beast::error_code ec;
         http::read_header(conn.stream(), conn.buffer(), parser, ec);
         if (ec) {
             throw Error("read answer: " + ec.message());
