@@ -17,6 +17,7 @@
 #include "holt/common/files.hpp"
 #include "holt/common/log.hpp"
 #include "holt/vm/agent_client.hpp"
+#include "holt/vm/memory_pages.hpp"
 
 namespace holt::vm {
 namespace {
@@ -29,6 +30,10 @@ constexpr std::size_t kConsoleLinesInErrors = 15;
 constexpr std::size_t kEntropyBytes = 64;
 // The disk every VM boots from; its QEMU node and device keep this name across snapshots.
 constexpr const char* kRootDisk = "root";
+
+std::size_t memory_bytes(const MachineSpec& spec) {
+    return static_cast<std::size_t>(spec.memory_mib) << 20;
+}
 
 long elapsed_ms(Clock::time_point since) {
     return static_cast<long>(
@@ -483,7 +488,7 @@ std::shared_ptr<Snapshot> Engine::make_template_snapshot(const VmOptions& option
             });
         }
         vm.agent.reset();
-        vm.machine->save_state(tmp / "state", /*skip_shared_memory=*/true);
+        vm.machine->save_state(tmp / "state", SavedRam::shared_file);
         vm.machine->stop(std::chrono::seconds(3));
 
         SnapshotManifest manifest{
@@ -497,6 +502,7 @@ std::shared_ptr<Snapshot> Engine::make_template_snapshot(const VmOptions& option
             .kernel = image.kernel,
             .initrd = image.initrd,
             .kernel_args = options.extra_kernel_args,
+            .ram = SavedRam::shared_file,
             .disk = "disk.qcow2",
             .network = options.network.has_value(),
             .created_at = utc_now(),
@@ -531,12 +537,10 @@ std::unique_ptr<Vm> Engine::restore(const std::shared_ptr<Snapshot>& snapshot,
             .initrd = m.initrd,
             .kernel_args = m.kernel_args,
             .disks = {DiskSpec{.id = kRootDisk, .path = root->path(), .format = "qcow2"}},
-            .incoming = true,
+            .memory = {.file = snapshot->memory_file(), .shared = false},
+            .incoming = m.ram,
             .runtime_dir = dir.path(),
         };
-        if (snapshot->has_memory_file()) {
-            spec.memory = {.file = snapshot->memory_file(), .shared = false};
-        }
         NetworkPolicy vm_policy = policy.value_or(NetworkPolicy{m.allow_egress});
         std::optional<VmNetwork> network;
         if (m.network) {
@@ -548,7 +552,12 @@ std::unique_ptr<Vm> Engine::restore(const std::shared_ptr<Snapshot>& snapshot,
         std::unique_ptr<Machine> machine = driver_.start(spec);
         dir.record_hypervisor_pid(machine->pid());
         logger->debug("vm={} restore: QEMU up after {} ms", id, elapsed_ms(started));
-        machine->load_state(snapshot->state_file(), snapshot->has_memory_file());
+        if (m.ram == SavedRam::none) {
+            load_private_pages(
+                snapshot->pages_file(),
+                find_ram_mapping(machine->pid(), spec.memory.file, memory_bytes(spec)));
+        }
+        machine->load_state(snapshot->state_file());
         logger->debug("vm={} restore: state loaded after {} ms", id, elapsed_ms(started));
 
         auto agent = wait_for_agent(*machine, Clock::now() + options_.restore_timeout);
@@ -577,6 +586,10 @@ std::shared_ptr<Snapshot> Engine::save_running(Vm& vm, bool resume, const fs::pa
                                                bool keep) {
     fs::create_directories(dir);
     auto frozen = vm.root_disk_;
+    // A VM whose RAM maps a memory file copy-on-write (every VM restored from a template) saves
+    // only the pages it wrote; any other saves all of its RAM.
+    const bool pages_over_file = !vm.spec_.memory.file.empty() && !vm.spec_.memory.shared;
+    const SavedRam ram = pages_over_file ? SavedRam::none : SavedRam::all;
     return with_context("snapshot " + vm.id(), [&] {
         auto& machine = *vm.machine_;
         machine.pause();
@@ -587,7 +600,12 @@ std::shared_ptr<Snapshot> Engine::save_running(Vm& vm, bool resume, const fs::pa
                 vm.root_disk_ = next;
                 vm.write_record();
             }
-            machine.save_state(dir / "state", /*skip_shared_memory=*/false);
+            machine.save_state(dir / "state", ram);
+            if (ram == SavedRam::none) {
+                save_private_pages(
+                    find_ram_mapping(machine.pid(), vm.spec_.memory.file, memory_bytes(vm.spec_)),
+                    dir / "memory.pages");
+            }
         } catch (...) {
             // A failed save must not leave the VM frozen, or its half-written state behind.
             std::error_code ec;
@@ -611,6 +629,8 @@ std::shared_ptr<Snapshot> Engine::save_running(Vm& vm, bool resume, const fs::pa
             .kernel = vm.spec_.kernel,
             .initrd = vm.spec_.initrd,
             .kernel_args = vm.spec_.kernel_args,
+            .ram = ram,
+            .memory_base = pages_over_file ? vm.spec_.memory.file : fs::path(),
             .disk = frozen->path(),
             .disk_chain = frozen->chain(),
             .network = vm.spec_.netns_fd >= 0,

@@ -161,25 +161,35 @@ class QemuMachine : public Machine {
         }
     }
 
-    void save_state(const std::filesystem::path& file, bool skip_shared_memory) override {
+    void save_state(const std::filesystem::path& file, SavedRam ram) override {
         with_context("save state of " + spec_.id + " to " + file.string(), [&] {
-            set_ignore_shared(skip_shared_memory);
+            qmp().execute("stop");
+            if (ram == SavedRam::none) {
+                // Devices and CPUs only, without the throwaway parts of a migration (its
+                // configuration section and self-description) that the loader is told to skip.
+                qmp().execute("xen-save-devices-state",
+                              {{"filename", file.string()}, {"live", false}});
+                return;
+            }
+            set_ignore_shared(ram == SavedRam::shared_file);
             qmp().execute("migrate-set-parameters",
                           {{"max-bandwidth", kUnthrottledBytesPerSecond}});
             UniqueFd fd(::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
             if (fd.get() < 0) {
                 throw_errno("open");
             }
-            qmp().execute("stop");
             qmp().send_fd(kStateFdName, fd.get());
             qmp().execute("migrate", {{"uri", std::string("fd:") + kStateFdName}});
             wait_for_migration();
         });
     }
 
-    void load_state(const std::filesystem::path& file, bool skip_shared_memory) override {
+    void load_state(const std::filesystem::path& file) override {
         with_context("load state of " + spec_.id + " from " + file.string(), [&] {
-            set_ignore_shared(skip_shared_memory);
+            if (!spec_.incoming) {
+                throw Error("the machine was not started to load a state");
+            }
+            set_ignore_shared(*spec_.incoming == SavedRam::shared_file);
             UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
             if (fd.get() < 0) {
                 throw_errno("open");
@@ -343,12 +353,18 @@ std::string QemuDriver::base_kernel_args(Accelerator accel) const {
 
 std::vector<std::string> QemuDriver::command_line(const MachineSpec& spec) const {
     const auto& run = spec.runtime_dir;
+    std::string machine = kMachineType;
+    if (spec.incoming == SavedRam::none) {
+        // A state of devices alone (xen-save-devices-state) has no self-description and no
+        // configuration section (below) at its end.
+        machine += ",suppress-vmdesc=on";
+    }
     // One flag and its value per line.
     // clang-format off
     std::vector<std::string> argv = {
         options_.qemu_binary,
         "-name", spec.id,
-        "-M", kMachineType,
+        "-M", machine,
         "-object", memory_backend_arg(spec),
         "-accel", to_string(spec.accel),
         "-cpu", cpu_model(spec.accel),
@@ -375,6 +391,9 @@ std::vector<std::string> QemuDriver::command_line(const MachineSpec& spec) const
     }
     if (spec.incoming) {
         argv.insert(argv.end(), {"-incoming", "defer"});
+    }
+    if (spec.incoming == SavedRam::none) {
+        argv.insert(argv.end(), {"-global", "migration.send-configuration=off"});
     }
     for (const auto& disk : spec.disks) {
         argv.insert(argv.end(), {"-blockdev", blockdev_arg(disk), "-device",

@@ -19,8 +19,30 @@ void remove_snapshot_files(const fs::path& dir) {
     fs::remove(dir / "snapshot.json", ec);
     fs::remove(dir / "state", ec);
     fs::remove(dir / "memory", ec);
+    fs::remove(dir / "memory.pages", ec);
     fs::remove(dir / "overlay.qcow2", ec);
     fs::remove(dir, ec);  // only once a layer inside is gone too
+}
+
+const char* ram_name(SavedRam ram) {
+    switch (ram) {
+        case SavedRam::all:
+            return "stream";
+        case SavedRam::shared_file:
+            return "file";
+        case SavedRam::none:
+            return "pages";
+    }
+    return "stream";
+}
+
+SavedRam ram_from_name(const std::string& name) {
+    for (SavedRam ram : {SavedRam::all, SavedRam::shared_file, SavedRam::none}) {
+        if (name == ram_name(ram)) {
+            return ram;
+        }
+    }
+    throw Error("unknown ram \"" + name + "\"");
 }
 
 }  // namespace
@@ -56,6 +78,18 @@ Snapshot::~Snapshot() {
     }
 }
 
+fs::path Snapshot::memory_file() const {
+    switch (manifest_.ram) {
+        case SavedRam::shared_file:
+            return dir_ / "memory";
+        case SavedRam::none:
+            return manifest_.memory_base;
+        case SavedRam::all:
+            break;
+    }
+    return {};
+}
+
 void Snapshot::remove() {
     persistent_ = false;
     disk_->set_persistent(false);
@@ -89,6 +123,8 @@ SnapshotManifest Snapshot::read_manifest(const fs::path& dir) {
         m.kernel = f.string("kernel");
         m.initrd = f.string("initrd");
         m.kernel_args = f.string("kernel_args");
+        m.ram = ram_from_name(f.string("ram"));
+        m.memory_base = f.string("memory_base");
         auto absolute = [&](const fs::path& p) { return p.is_absolute() ? p : dir / p; };
         m.disk = absolute(f.string("disk"));
         for (const auto& layer : f.strings("disk_chain")) {
@@ -103,8 +139,11 @@ SnapshotManifest Snapshot::read_manifest(const fs::path& dir) {
 
         std::vector<fs::path> needed = {dir / "state", m.kernel, m.initrd};
         needed.insert(needed.end(), m.disk_chain.begin(), m.disk_chain.end());
-        if (m.kind == "template") {
+        if (m.ram == SavedRam::shared_file) {
             needed.push_back(dir / "memory");
+        }
+        if (m.ram == SavedRam::none) {
+            needed.insert(needed.end(), {dir / "memory.pages", m.memory_base});
         }
         for (const auto& file : needed) {
             if (!fs::exists(file)) {
@@ -142,6 +181,8 @@ void Snapshot::write_manifest(const fs::path& dir, const SnapshotManifest& m) {
         {"kernel", m.kernel.string()},
         {"initrd", m.initrd.string()},
         {"kernel_args", m.kernel_args},
+        {"ram", ram_name(m.ram)},
+        {"memory_base", m.memory_base.string()},
         {"disk", m.disk.string()},
         {"disk_chain", std::move(chain)},
         {"network", m.network},

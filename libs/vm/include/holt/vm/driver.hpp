@@ -31,11 +31,12 @@ class Machine {
 
     virtual void pause() = 0;
     virtual void resume() = 0;
-    // Saves the paused or running VM's device state, CPU state and (unless it lives in a shared
-    // memory file and `skip_shared_memory` is set) its RAM to `file`. The VM is left paused.
-    virtual void save_state(const std::filesystem::path& file, bool skip_shared_memory) = 0;
-    // Loads what save_state() wrote into a machine started with `incoming`, then runs it.
-    virtual void load_state(const std::filesystem::path& file, bool skip_shared_memory) = 0;
+    // Saves the paused or running VM's device and CPU state, and `ram` of its RAM, to `file`.
+    // SavedRam::shared_file needs RAM in a shared memory file. The VM is left paused.
+    virtual void save_state(const std::filesystem::path& file, SavedRam ram) = 0;
+    // Loads what save_state() wrote into a machine started with `incoming` set to the same
+    // SavedRam, then runs it.
+    virtual void load_state(const std::filesystem::path& file) = 0;
     // Sends the writes to disk `disk_id` to a new qcow2 `overlay` from now on; the image the disk
     // used until now becomes its read-only backing file and no longer changes.
     virtual void switch_disk_overlay(const std::string& disk_id,

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,13 @@ struct MemorySpec {
     bool shared = false;  // true: guest writes land in the file; false: private copy-on-write
 };
 
+// How much of guest RAM a saved state holds besides the device and CPU state.
+enum class SavedRam {
+    all,          // every page, in the hypervisor's migration stream
+    shared_file,  // none: RAM lives in the VM's shared memory file, which is its image
+    none,         // none: whoever restores it puts RAM back (see memory_pages.hpp)
+};
+
 // Everything a driver needs to start one VM. All paths are host paths; the runtime directory
 // holds the VM's sockets and logs and belongs to the VM alone.
 struct MachineSpec {
@@ -38,8 +46,9 @@ struct MachineSpec {
     std::string kernel_args;  // appended to the driver's own arguments
     std::vector<DiskSpec> disks;
     MemorySpec memory;
-    // Start without running the guest, waiting for Machine::load_state() to bring in a saved one.
-    bool incoming = false;
+    // Start without running the guest, waiting for Machine::load_state() to bring in a saved
+    // state that holds this much of RAM. Empty: boot.
+    std::optional<SavedRam> incoming;
 
     std::filesystem::path runtime_dir;  // must exist; the driver puts its files here
 

@@ -5,22 +5,25 @@
 // A snapshot directory (format kSnapshotFormat) holds:
 //   snapshot.json  what the snapshot is; written last and atomically, so a directory without it
 //                  is a partial snapshot and is never used
-//   state          QEMU's migration stream: device and CPU state, plus guest RAM unless the
-//                  memory file below is the RAM image
-//   memory         (template snapshots only) the guest RAM image; every restore maps it
+//   state          device and CPU state: a QEMU migration stream, with guest RAM in it when
+//                  `ram` is "stream"
+//   memory         ("ram": "file", template snapshots) the guest RAM image; every restore maps it
 //                  copy-on-write, so clones share its pages and the file never changes
+//   memory.pages   ("ram": "pages", VMs restored from a template) the pages the VM had written,
+//                  over the template's memory file named by `memory_base` (memory_pages.hpp);
+//                  restores map that file copy-on-write and write these pages back
 //   disk.qcow2     (template snapshots) the frozen layer of the root disk, read-only from then on;
 //                  a VM snapshot's frozen layer stays where it was made, in RUN/layers, and
 //                  snapshot.json names it
 //   overlay.qcow2  an empty overlay over the disk layer, copied to start each restore's own
 //
 // snapshot.json fields: format, kind ("template" or "vm"), source (template name or VM id),
-// template,
-// key (what the snapshot was made from; a template snapshot whose key differs is stale),
-// vcpus, memory_mib, accel, kernel, initrd, kernel_args, disk (the frozen layer, relative to the
-// directory or absolute), disk_chain (every layer under it, the frozen one first, down to the
-// template's), network (whether the VM had a NIC), allow_egress (the VM's network policy, which
-// its restores get unless told otherwise), created_at.
+// template, key (what the snapshot was made from; a template snapshot whose key differs is
+// stale), vcpus, memory_mib, accel, kernel, initrd, kernel_args, ram ("stream", "file" or
+// "pages"), memory_base (for "pages"), disk (the frozen layer, relative to the directory or
+// absolute), disk_chain (every layer under it, the frozen one first, down to the template's),
+// network (whether the VM had a NIC), allow_egress (the VM's network policy, which its restores
+// get unless told otherwise), created_at.
 //
 // Kept snapshots (Engine::snapshot, Engine::hibernate) live in RUN/snapshots/<id> until deleted;
 // the snapshot a fork restores its children from lives in the parent's runtime directory and goes
@@ -36,7 +39,7 @@
 
 namespace holt::vm {
 
-inline constexpr int kSnapshotFormat = 1;
+inline constexpr int kSnapshotFormat = 2;
 
 // One qcow2 file in a VM's chain of disk layers. A layer stays on disk while anything uses it:
 // the VM writing to it, or a snapshot or VM whose layers stack on it. Ephemeral layers are
@@ -75,6 +78,10 @@ struct SnapshotManifest {
     std::filesystem::path kernel;
     std::filesystem::path initrd;
     std::string kernel_args;
+    // How the snapshot keeps guest RAM: in `state` (all), in `memory` (shared_file), or as
+    // memory.pages over `memory_base` (none: the state has devices only).
+    SavedRam ram = SavedRam::all;
+    std::filesystem::path memory_base;
     std::filesystem::path disk = "disk.qcow2";
     std::vector<std::filesystem::path> disk_chain;  // empty: `disk` alone
     bool network = false;                           // the VM had a NIC; restores need one too
@@ -105,9 +112,10 @@ class Snapshot {
     const SnapshotManifest& manifest() const { return manifest_; }
     const std::shared_ptr<DiskLayer>& disk() const { return disk_; }
     std::filesystem::path state_file() const { return dir_ / "state"; }
-    std::filesystem::path memory_file() const { return dir_ / "memory"; }
-    // True when RAM lives in memory_file() rather than in the state stream.
-    bool has_memory_file() const { return manifest_.kind == "template"; }
+    // The file a restore maps guest RAM from, copy-on-write; empty when RAM is in the state.
+    std::filesystem::path memory_file() const;
+    // The VM's own pages to write over memory_file() (SavedRam::none).
+    std::filesystem::path pages_file() const { return dir_ / "memory.pages"; }
 
     // Writes snapshot.json into `dir` atomically; call last, once every other file is complete.
     static void write_manifest(const std::filesystem::path& dir, const SnapshotManifest& manifest);
