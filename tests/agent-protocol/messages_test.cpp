@@ -163,5 +163,26 @@ TEST(Messages, HelloCarriesTheProtocolVersion) {
     EXPECT_THROW(json::value_to<Hello>(parse("{}")), MessageError);
 }
 
+TEST(Messages, AHelloAfterARestoreCarriesTheClockAndEntropyAndItsAckSaysWhetherTheyWereSet) {
+    Hello plain = round_trip(Hello{"abc", kProtocolVersion, "test"});
+    EXPECT_EQ(plain.set_time_unix_ns, 0);
+    EXPECT_TRUE(plain.add_entropy_hex.empty());
+    EXPECT_FALSE(json::value_from(plain).as_object().contains("set_time_unix_ns"));
+
+    Hello restored{"abc", kProtocolVersion, "test", 1'700'000'000'123'456'789, "00ff"};
+    Hello got = round_trip(restored);
+    EXPECT_EQ(got.set_time_unix_ns, 1'700'000'000'123'456'789);
+    EXPECT_EQ(got.add_entropy_hex, "00ff");
+
+    HelloAck ack;
+    ack.nonce = "abc";
+    ack.restore_error = "set_time: Operation not permitted";
+    HelloAck ack_got = round_trip(ack);
+    EXPECT_FALSE(ack_got.restored);
+    EXPECT_EQ(ack_got.restore_error, "set_time: Operation not permitted");
+    ack.restored = true;
+    EXPECT_TRUE(round_trip(ack).restored);
+}
+
 }  // namespace
 }  // namespace holt::agent_protocol

@@ -240,15 +240,23 @@ std::string errno_name(int err) {
 }
 
 void tag_invoke(json::value_from_tag, json::value& out, const Hello& hello) {
-    out = json::object{{"nonce", hello.nonce},
-                       {"protocol_version", hello.protocol_version},
-                       {"client", hello.client}};
+    json::object o{{"nonce", hello.nonce},
+                   {"protocol_version", hello.protocol_version},
+                   {"client", hello.client}};
+    if (hello.set_time_unix_ns != 0) {
+        o["set_time_unix_ns"] = hello.set_time_unix_ns;
+    }
+    if (!hello.add_entropy_hex.empty()) {
+        o["add_entropy_hex"] = hello.add_entropy_hex;
+    }
+    out = std::move(o);
 }
 
 Hello tag_invoke(json::value_to_tag<Hello>, const json::value& in) {
     FieldReader reader(in, "hello");
     return Hello{reader.required_string("nonce"),
-                 static_cast<int>(reader.integer("protocol_version")), reader.string("client")};
+                 static_cast<int>(reader.integer("protocol_version")), reader.string("client"),
+                 reader.integer("set_time_unix_ns"), reader.string("add_entropy_hex")};
 }
 
 void tag_invoke(json::value_from_tag, json::value& out, const HelloAck& ack) {
@@ -257,7 +265,9 @@ void tag_invoke(json::value_from_tag, json::value& out, const HelloAck& ack) {
                        {"agent_version", ack.agent_version},
                        {"boot_id", ack.boot_id},
                        {"uptime_ms", ack.uptime.count()},
-                       {"pid", ack.pid}};
+                       {"pid", ack.pid},
+                       {"restored", ack.restored},
+                       {"restore_error", ack.restore_error}};
 }
 
 HelloAck tag_invoke(json::value_to_tag<HelloAck>, const json::value& in) {
@@ -269,6 +279,8 @@ HelloAck tag_invoke(json::value_to_tag<HelloAck>, const json::value& in) {
     ack.boot_id = reader.string("boot_id");
     ack.uptime = milliseconds(reader.integer("uptime_ms"));
     ack.pid = static_cast<int>(reader.integer("pid"));
+    ack.restored = reader.boolean("restored");
+    ack.restore_error = reader.string("restore_error");
     return ack;
 }
 

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -40,7 +41,9 @@ using namespace std::chrono_literals;
 // How long one handshake attempt waits before the hello is sent again.
 constexpr auto kHelloRetry = 1s;
 // How long connect_unix waits between attempts to connect to the socket.
-constexpr auto kConnectRetry = 20ms;
+constexpr auto kConnectRetry = 2ms;
+// Fresh entropy for the guest's RNG in the hello after a restore.
+constexpr std::size_t kRestoreEntropyBytes = 64;
 // Extra time wait() allows beyond a command's timeout and kill grace.
 constexpr auto kExitMargin = 10s;
 // The host returns read_file credit once it has consumed this fraction of the window.
@@ -61,6 +64,17 @@ std::string random_nonce() {
                   static_cast<unsigned long long>(dist(device)),
                   static_cast<unsigned long long>(dist(device)));
     return text;
+}
+
+// `size` bytes from the host's kernel RNG, hex-encoded.
+std::string random_hex(std::size_t size) {
+    std::string bytes(size, '\0');
+    if (::getrandom(bytes.data(), bytes.size(), 0) != static_cast<ssize_t>(bytes.size())) {
+        throw_errno("getrandom");
+    }
+    std::string hex;
+    boost::algorithm::hex_lower(bytes, std::back_inserter(hex));
+    return hex;
 }
 
 // Waits for `events` on fd until the deadline. False on timeout.
@@ -177,9 +191,18 @@ struct Handshake {
 Handshake handshake(int fd, Clock::time_point deadline, const AgentClientOptions& options) {
     const std::string& client_name = options.client_name;
     const std::string nonce = random_nonce();
-    proto::Hello hello{nonce, proto::kProtocolVersion, client_name};
-    const std::string hello_frame = proto::encode_frame(FrameType::kHello, Channel::kNone, 0,
-                                                        json::serialize(json::value_from(hello)));
+    // Each attempt carries the clock of the moment it is sent.
+    auto hello_frame = [&] {
+        proto::Hello hello{nonce, proto::kProtocolVersion, client_name};
+        if (options.after_restore) {
+            hello.set_time_unix_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                         std::chrono::system_clock::now().time_since_epoch())
+                                         .count();
+            hello.add_entropy_hex = random_hex(kRestoreEntropyBytes);
+        }
+        return proto::encode_frame(FrameType::kHello, Channel::kNone, 0,
+                                   json::serialize(json::value_from(hello)));
+    };
     // While hunting for the agent's answer, anything but a small hello_ack is noise.
     proto::FrameDecoder decoder(true, {.max_payload = 0, .max_json = 4096});
     const Clock::time_point start = Clock::now();
@@ -193,7 +216,7 @@ Handshake handshake(int fd, Clock::time_point deadline, const AgentClientOptions
             out.assign(proto::kHeaderSize + proto::kMaxPayloadSize, '\0');
         }
         out.append(proto::sync_magic());
-        out.append(hello_frame);
+        out.append(hello_frame());
         write_all(
             fd, out,
             std::max(1ms, std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now())));
@@ -1019,6 +1042,12 @@ std::unique_ptr<AgentClient> adopt_fd(Fd owned, AgentClient::Clock::time_point d
         throw Error("handshake: the agent speaks protocol version " +
                     std::to_string(hello.ack.protocol_version) + ", this host " +
                     std::to_string(proto::kProtocolVersion));
+    }
+    if (options.after_restore && !hello.ack.restored) {
+        throw Error("handshake: the agent did not set the clock and reseed its RNG: " +
+                    (hello.ack.restore_error.empty()
+                         ? "agent " + hello.ack.agent_version + " does not know how"
+                         : hello.ack.restore_error));
     }
     return std::make_unique<AgentClientImpl>(std::move(owned), std::move(options),
                                              std::move(hello));

@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
-#include <sys/random.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -26,8 +25,6 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 constexpr std::size_t kConsoleLinesInErrors = 15;
-// Fresh entropy handed to every restored guest before it runs anything for a user.
-constexpr std::size_t kEntropyBytes = 64;
 // The disk every VM boots from; its QEMU node and device keep this name across snapshots.
 constexpr const char* kRootDisk = "root";
 
@@ -560,17 +557,10 @@ std::unique_ptr<Vm> Engine::restore(const std::shared_ptr<Snapshot>& snapshot,
         machine->load_state(snapshot->state_file());
         logger->debug("vm={} restore: state loaded after {} ms", id, elapsed_ms(started));
 
-        auto agent = wait_for_agent(*machine, Clock::now() + options_.restore_timeout);
-        logger->debug("vm={} restore: agent answered after {} ms", id, elapsed_ms(started));
-        // Every restore resumes with the snapshot's clock and RNG state: fix both before the
-        // guest runs anything for its user.
-        with_context("set guest clock", [&] { agent->set_time(std::chrono::system_clock::now()); });
-        std::array<std::byte, kEntropyBytes> entropy{};
-        if (::getrandom(entropy.data(), entropy.size(), 0) !=
-            static_cast<ssize_t>(entropy.size())) {
-            throw_errno("getrandom");
-        }
-        with_context("reseed guest RNG", [&] { agent->add_entropy(entropy); });
+        // Every restore resumes with the snapshot's clock and RNG state: the agent fixes both
+        // as it answers, before the guest runs anything for its user.
+        auto agent = wait_for_agent(*machine, Clock::now() + options_.restore_timeout,
+                                    /*after_restore=*/true);
 
         holt::log::get("vm")->info("vm={} restored from {} in {} ms", id, m.source,
                                    elapsed_ms(started));
@@ -821,7 +811,8 @@ std::vector<VmInfo> Engine::list_vms() const {
     return vms;
 }
 
-std::unique_ptr<AgentClient> Engine::wait_for_agent(Machine& machine, Clock::time_point deadline) {
+std::unique_ptr<AgentClient> Engine::wait_for_agent(Machine& machine, Clock::time_point deadline,
+                                                    bool after_restore) {
     auto console_tail = [&] {
         std::string tail = tail_of_file(machine.console_log(), kConsoleLinesInErrors);
         return tail.empty() ? std::string("(the console is empty)") : tail;
@@ -834,6 +825,7 @@ std::unique_ptr<AgentClient> Engine::wait_for_agent(Machine& machine, Clock::tim
     // One connection and one handshake for the whole wait: abandoning a handshake the agent is
     // about to answer would make it start (and end) a session per attempt.
     AgentClientOptions options;
+    options.after_restore = after_restore;
     options.while_waiting = [&] {
         if (!machine.running()) {
             throw guest_stopped();

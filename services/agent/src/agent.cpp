@@ -220,6 +220,21 @@ void Agent::on_hello(const proto::Frame& frame) {
         }
     }
     proto::HelloAck ack;
+    if (hello.set_time_unix_ns != 0 || !hello.add_entropy_hex.empty()) {
+        // A restored VM: its clock and RNG are the snapshot's until these are applied.
+        try {
+            if (hello.set_time_unix_ns != 0) {
+                set_time({{"unix_ns", hello.set_time_unix_ns}});
+            }
+            if (!hello.add_entropy_hex.empty()) {
+                add_entropy({{"data_hex", hello.add_entropy_hex}});
+            }
+            ack.restored = true;
+        } catch (const std::exception& e) {
+            ack.restore_error = e.what();
+            log::error("after restore: ", e.what());
+        }
+    }
     ack.nonce = hello.nonce;
     ack.protocol_version = proto::kProtocolVersion;
     ack.agent_version = kAgentVersion;

@@ -24,9 +24,11 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// How long the agent waits before it looks again at a virtio-serial port whose host is away.
-// The port reports POLLHUP for as long as no host is connected, so it cannot simply be polled.
-constexpr auto kHostAwayRetry = 10ms;
+// The port reports POLLHUP for as long as no host is connected, so while the host is away the
+// agent watches it edge-triggered: the driver wakes the port's waiters when a host connects
+// (VIRTIO_CONSOLE_PORT_OPEN) or data arrives. It also looks at this interval, in case a wake-up
+// came before the watch changed.
+constexpr auto kHostAwayRecheck = 200ms;
 // How long it waits for the virtio-serial port to appear (driver still loading).
 constexpr auto kPortMissingRetry = 200ms;
 constexpr std::size_t kReadSize = 64 * 1024;
@@ -168,7 +170,12 @@ class VirtioLink final : public Link {
         watch_ = loop_->watch(fd_.get(), events(), [this](std::uint32_t ev) { on_event(ev); });
     }
 
-    std::uint32_t events() const { return EPOLLIN | (want_write_ ? EPOLLOUT : 0u); }
+    std::uint32_t events() const {
+        if (away_) {
+            return EPOLLIN | EPOLLET;
+        }
+        return EPOLLIN | (want_write_ ? EPOLLOUT : 0u);
+    }
 
     void update_events() {
         if (watch_) {
@@ -177,6 +184,10 @@ class VirtioLink final : public Link {
     }
 
     void on_event(std::uint32_t ev) {
+        if (away_) {
+            look_for_host();
+            return;
+        }
         if (ev & EPOLLIN) {
             ReadResult result = read_available(
                 fd_.get(),
@@ -202,13 +213,8 @@ class VirtioLink final : public Link {
         }
     }
 
-    // No host on the other end: stop watching the port (it would report POLLHUP continuously)
-    // and look again shortly.
+    // No host on the other end: watch the port edge-triggered until one comes.
     void host_away(bool notify) {
-        if (watch_) {
-            loop_->unwatch(*watch_);
-            watch_.reset();
-        }
         if (connected_) {
             connected_ = false;
             log::debug("host left ", port_name_);
@@ -216,15 +222,50 @@ class VirtioLink final : public Link {
                 callbacks_.on_disconnect();
             }
         }
-        if (!retry_pending_) {
-            retry_pending_ = true;
-            loop_->add_timer(kHostAwayRetry, [this] {
-                retry_pending_ = false;
-                if (!watch_) {
-                    arm();
-                }
-            });
+        if (!away_) {
+            away_ = true;
+            update_events();
+            schedule_recheck();
         }
+    }
+
+    // While away: reads whatever a new host sent; on its first bytes the port is back to
+    // level-triggered watching with the host connected.
+    void look_for_host() {
+        ReadResult result = read_available(
+            fd_.get(),
+            [this](std::string_view bytes) {
+                if (away_) {
+                    away_ = false;
+                    update_events();
+                }
+                if (!connected_) {
+                    connected_ = true;
+                    log::debug("host connected to ", port_name_);
+                    callbacks_.on_connect();
+                }
+                callbacks_.on_data(bytes);
+            },
+            buffer_);
+        if (result == ReadResult::kClosed && !away_) {
+            host_away(true);  // the host came and went within one read
+        }
+    }
+
+    void schedule_recheck() {
+        if (recheck_pending_) {
+            return;
+        }
+        recheck_pending_ = true;
+        loop_->add_timer(kHostAwayRecheck, [this] {
+            recheck_pending_ = false;
+            if (away_) {
+                look_for_host();
+            }
+            if (away_) {
+                schedule_recheck();
+            }
+        });
     }
 
     std::string port_name_;
@@ -235,7 +276,8 @@ class VirtioLink final : public Link {
     std::optional<EventLoop::WatchId> watch_;
     bool connected_ = false;
     bool want_write_ = false;
-    bool retry_pending_ = false;
+    bool away_ = false;  // no host connected: watched edge-triggered
+    bool recheck_pending_ = false;
     bool missing_logged_ = false;
     std::string buffer_;
 };

@@ -66,6 +66,11 @@ struct Hello {
     std::string nonce;
     int protocol_version = kProtocolVersion;
     std::string client;
+    // Sent by a host that has just restored the VM from a snapshot: before it answers, the agent
+    // sets the wall clock to this time and mixes these bytes into the kernel's RNG, so nothing
+    // runs with the snapshot's clock and RNG state. 0 and empty: leave both alone.
+    std::int64_t set_time_unix_ns = 0;
+    std::string add_entropy_hex;
 };
 
 // Answers a hello (agent -> host, stream 0).
@@ -76,6 +81,9 @@ struct HelloAck {
     std::string boot_id;
     std::chrono::milliseconds uptime{0};
     int pid = 0;
+    // The hello's clock and entropy were applied; restore_error says why not, when they were not.
+    bool restored = false;
+    std::string restore_error;
 };
 
 // The failure a reply reports. `code` is an errno name ("ENOENT") or "EPROTO" for requests the

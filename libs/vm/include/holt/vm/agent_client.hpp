@@ -63,6 +63,10 @@ struct AgentClientOptions {
     // Called between connection attempts and hello retries while connect_unix() waits for the
     // agent (about once a second at most); it may throw to give up early, e.g. when the VM died.
     std::function<void()> while_waiting;
+    // The VM was just restored from a snapshot: the hello asks the agent to set the guest's
+    // clock to the host's and to reseed its RNG with fresh host entropy before it answers, and
+    // the connection fails if it does not.
+    bool after_restore = false;
 };
 
 // What to run (see agent_protocol::ExecSpec for argv, shell, env, cwd, user, pipe_stdin,

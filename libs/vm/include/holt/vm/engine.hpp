@@ -201,8 +201,11 @@ class Engine {
                          MemorySpec memory, std::chrono::steady_clock::time_point started);
 
     std::filesystem::path run_dir() const;
+    // Connects to the agent of `machine` once it answers, before `deadline`; after a restore,
+    // the agent sets the guest's clock and reseeds its RNG as it answers.
     std::unique_ptr<AgentClient> wait_for_agent(Machine& machine,
-                                                std::chrono::steady_clock::time_point deadline);
+                                                std::chrono::steady_clock::time_point deadline,
+                                                bool after_restore = false);
     std::shared_ptr<Snapshot> make_template_snapshot(const VmOptions& options,
                                                      const std::string& key,
                                                      const std::filesystem::path& dir);
