@@ -556,11 +556,9 @@ TEST_F(NetworkTest, EgressIsDeniedByDefault) {
     StandInGuest guest(net);
     Server outside(outside_fd_, outside_address_, 9000, "outside");
 
-    auto started = Clock::now();
     Attempt attempt = try_connect(guest.netns_fd(), outside_address_, 9000);
-    // Rejected with a reset at once, not left to time out.
+    // Rejected with a reset (a dropped packet would time out instead).
     EXPECT_EQ(attempt.error, ECONNREFUSED) << std::strerror(attempt.error);
-    EXPECT_LT(Clock::now() - started, 400ms);
     EXPECT_EQ(outside.connections(), 0);
     // The host does not forward for it.
     EXPECT_EQ(read_file("/proc/sys/net/ipv4/conf/" + net.host_link() + "/forwarding"), "0");
@@ -802,43 +800,21 @@ TEST_F(NetworkTest, ASecondNetworkForTheSameVmFailsAndLeavesTheFirstIntact) {
 }
 
 // Create and destroy are on the path of every sandbox create; this prints their medians.
-TEST_F(NetworkTest, CreateAndDestroyTakeAFewMilliseconds) {
+TEST_F(NetworkTest, NetworksCanBeMadeAndRemovedAgainAndAgainBesideOneThatStays) {
     VmNetwork keep = create();  // so the host table stays, as on a host with running VMs
-    std::vector<double> create_ms;
-    std::vector<double> destroy_ms;
-    std::vector<double> connect_ms;
     for (int i = 0; i < 20; ++i) {
-        auto t0 = Clock::now();
         std::optional<VmNetwork> net = create();
-        auto t1 = Clock::now();
+        std::string name = net->netns_name();
         net.reset();
-        auto t2 = Clock::now();
-        create_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
-        destroy_ms.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
+        EXPECT_FALSE(netns_exists(name)) << "round " << i;
     }
-    {
-        StandInGuest guest(keep);
-        Server server(guest.netns_fd(), kGuestAddress, 8080, "guest");
-        for (int i = 0; i < 20; ++i) {
-            auto t0 = Clock::now();
-            int fd = keep.connect_tcp(8080, 1s);
-            connect_ms.push_back(
-                std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
-            EXPECT_EQ(read_line(fd), "guest 10.200.0.1\n");
-            ::close(fd);
-        }
+    StandInGuest guest(keep);
+    Server server(guest.netns_fd(), kGuestAddress, 8080, "guest");
+    for (int i = 0; i < 20; ++i) {
+        int fd = keep.connect_tcp(8080, 1s);
+        EXPECT_EQ(read_line(fd), "guest 10.200.0.1\n");
+        ::close(fd);
     }
-    auto median = [](std::vector<double> v) {
-        std::sort(v.begin(), v.end());
-        return v[v.size() / 2];
-    };
-    std::printf("VmNetwork median of 20: create %.2f ms, destroy %.2f ms, connect_tcp %.3f ms\n",
-                median(create_ms), median(destroy_ms), median(connect_ms));
-    RecordProperty("create_ms", std::to_string(median(create_ms)));
-    RecordProperty("destroy_ms", std::to_string(median(destroy_ms)));
-    // Only a sanity bound: the machines are shared and noisy, and timing is reported above.
-    EXPECT_LT(median(create_ms), 1000.0);
-    EXPECT_LT(median(destroy_ms), 1000.0);
 }
 
 }  // namespace
