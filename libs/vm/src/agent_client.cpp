@@ -26,6 +26,7 @@
 #include "holt/agent_protocol/frame.hpp"
 #include "holt/agent_protocol/messages.hpp"
 #include "holt/common/log.hpp"
+#include "holt/common/unique_fd.hpp"
 
 namespace holt::vm {
 namespace {
@@ -128,29 +129,6 @@ void set_nonblocking(int fd) {
         throw_errno("set O_NONBLOCK on the agent connection");
     }
 }
-
-class Fd {
-  public:
-    explicit Fd(int fd = -1) : fd_(fd) {}
-    Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-    Fd& operator=(Fd&& other) noexcept {
-        if (this != &other) {
-            reset(std::exchange(other.fd_, -1));
-        }
-        return *this;
-    }
-    ~Fd() { reset(); }
-    int get() const { return fd_; }
-    void reset(int fd = -1) {
-        if (fd_ >= 0) {
-            ::close(fd_);
-        }
-        fd_ = fd;
-    }
-
-  private:
-    int fd_;
-};
 
 // Converts a JSON value of an agent reply. The guest is untrusted: a malformed reply is a
 // holt::Error naming the call, whatever Boost.JSON threw.
@@ -297,7 +275,7 @@ struct Stream {
 // The connection: writes from any thread, one reader thread, the table of open streams.
 class Connection {
   public:
-    Connection(Fd fd, AgentClientOptions options, Handshake handshake)
+    Connection(UniqueFd fd, AgentClientOptions options, Handshake handshake)
         : fd_(std::move(fd)),
           wake_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
           options_(std::move(options)),
@@ -564,8 +542,8 @@ class Connection {
         }
     }
 
-    Fd fd_;
-    Fd wake_;
+    UniqueFd fd_;
+    UniqueFd wake_;
     const AgentClientOptions options_;
     const proto::HelloAck ack_;
     std::string leftover_;
@@ -681,7 +659,7 @@ class ExecSessionImpl final : public ExecSession {
 
 class AgentClientImpl final : public AgentClient {
   public:
-    AgentClientImpl(Fd fd, AgentClientOptions options, Handshake handshake)
+    AgentClientImpl(UniqueFd fd, AgentClientOptions options, Handshake handshake)
         : connection_(std::make_shared<Connection>(std::move(fd), std::move(options),
                                                    std::move(handshake))),
           reader_([connection = connection_.get()] { connection->read_loop(); }) {}
@@ -1033,7 +1011,7 @@ class AgentClientImpl final : public AgentClient {
 
 namespace {
 
-std::unique_ptr<AgentClient> adopt_fd(Fd owned, AgentClient::Clock::time_point deadline,
+std::unique_ptr<AgentClient> adopt_fd(UniqueFd owned, AgentClient::Clock::time_point deadline,
                                       AgentClientOptions options) {
     const int fd = owned.get();
     set_nonblocking(fd);
@@ -1057,7 +1035,8 @@ std::unique_ptr<AgentClient> adopt_fd(Fd owned, AgentClient::Clock::time_point d
 
 std::unique_ptr<AgentClient> AgentClient::adopt(int fd, Clock::time_point deadline,
                                                 AgentClientOptions options) {
-    return with_context("agent", [&] { return adopt_fd(Fd(fd), deadline, std::move(options)); });
+    return with_context("agent",
+                        [&] { return adopt_fd(UniqueFd(fd), deadline, std::move(options)); });
 }
 
 std::unique_ptr<AgentClient> AgentClient::connect_unix(const std::filesystem::path& socket_path,
@@ -1073,7 +1052,7 @@ std::unique_ptr<AgentClient> AgentClient::connect_unix(const std::filesystem::pa
 
     std::string last_error = "no attempt before the deadline";
     while (Clock::now() < deadline) {
-        Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
         if (fd.get() < 0) {
             throw_errno(what + ": socket");
         }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "holt/common/error.hpp"
+#include "holt/common/unique_fd.hpp"
 
 namespace holt::vm {
 namespace {
@@ -44,22 +45,6 @@ static_assert(sizeof(Run) == 16);
 std::size_t page_size() {
     return static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
 }
-
-class Fd {
-  public:
-    explicit Fd(int fd) : fd_(fd) {}
-    ~Fd() {
-        if (fd_ >= 0) {
-            ::close(fd_);
-        }
-    }
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    int get() const { return fd_; }
-
-  private:
-    int fd_;
-};
 
 void read_exactly(int fd, void* data, std::size_t size, off_t offset, const char* what) {
     auto* bytes = static_cast<char*>(data);
@@ -116,7 +101,7 @@ std::vector<Run> private_runs(const RamMapping& ram) {
     const std::size_t page = page_size();
     const std::size_t pages = ram.size / page;
     fs::path pagemap = "/proc/" + std::to_string(ram.pid) + "/pagemap";
-    Fd fd(::open(pagemap.c_str(), O_RDONLY | O_CLOEXEC));
+    UniqueFd fd(::open(pagemap.c_str(), O_RDONLY | O_CLOEXEC));
     if (fd.get() < 0) {
         throw_errno("open " + pagemap.string());
     }
@@ -175,7 +160,7 @@ std::size_t save_private_pages(const RamMapping& ram, const fs::path& path) {
         "save private pages of process " + std::to_string(ram.pid) + " to " + path.string(), [&] {
             const std::size_t page = page_size();
             std::vector<Run> runs = private_runs(ram);
-            Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+            UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
             if (fd.get() < 0) {
                 throw_errno("open");
             }
@@ -211,7 +196,7 @@ void load_private_pages(const fs::path& path, const RamMapping& ram) {
         "load private pages from " + path.string() + " into process " + std::to_string(ram.pid),
         [&] {
             const std::size_t page = page_size();
-            Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+            UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
             if (fd.get() < 0) {
                 throw_errno("open");
             }

@@ -36,6 +36,7 @@
 
 #include "holt/common/error.hpp"
 #include "holt/common/log.hpp"
+#include "holt/common/unique_fd.hpp"
 
 namespace holt::vm {
 namespace {
@@ -68,32 +69,6 @@ long elapsed_us(Clock::time_point since) {
 }
 
 // An owned file descriptor.
-class Fd {
-  public:
-    Fd() = default;
-    explicit Fd(int fd) : fd_(fd) {}
-    Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-    Fd& operator=(Fd&& other) noexcept {
-        if (this != &other) {
-            reset();
-            fd_ = std::exchange(other.fd_, -1);
-        }
-        return *this;
-    }
-    ~Fd() { reset(); }
-    int get() const { return fd_; }
-    int release() { return std::exchange(fd_, -1); }
-    void reset() {
-        if (fd_ >= 0) {
-            ::close(fd_);
-            fd_ = -1;
-        }
-    }
-
-  private:
-    int fd_ = -1;
-};
-
 // ---- IPv4 addresses -------------------------------------------------------------------------
 
 struct Ipv4Cidr {
@@ -504,7 +479,7 @@ int create_namespace(const fs::path& path) {
     if (::mount("/proc/thread-self/ns/net", path.c_str(), "none", MS_BIND, nullptr) != 0) {
         throw_errno("mount network namespace on " + path.string());
     }
-    Fd ns(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    UniqueFd ns(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (ns.get() < 0) {
         throw_errno("open " + path.string());
     }
@@ -524,7 +499,7 @@ void remove_namespace_file(const fs::path& path) {
 }
 
 void write_sysctl(const fs::path& path, const char* value) {
-    Fd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
     if (fd.get() < 0 || ::write(fd.get(), value, std::strlen(value)) < 0) {
         throw_errno("write " + path.string());
     }
@@ -544,7 +519,7 @@ fs::path ipv4_conf(const std::string& link, const char* key) {
 // Creates a persistent tap device in the calling thread's namespace; QEMU attaches to it by name.
 // TODO(net): give it an owner (TUNSETOWNER) once QEMU runs unprivileged; root's QEMU needs none.
 void create_tap(const char* name) {
-    Fd fd(::open("/dev/net/tun", O_RDWR | O_CLOEXEC));
+    UniqueFd fd(::open("/dev/net/tun", O_RDWR | O_CLOEXEC));
     if (fd.get() < 0) {
         throw_errno("open /dev/net/tun");
     }
@@ -705,7 +680,7 @@ class HostLock {
     explicit HostLock(const fs::path& state_dir) {
         std::error_code ec;
         fs::create_directories(state_dir, ec);
-        fd_ = Fd(::open((state_dir / "lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+        fd_ = UniqueFd(::open((state_dir / "lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
         if (fd_.get() < 0) {
             throw_errno("open " + (state_dir / "lock").string());
         }
@@ -717,7 +692,7 @@ class HostLock {
     }
 
   private:
-    Fd fd_;
+    UniqueFd fd_;
 };
 
 bool is_host_link(const std::string& name) {
@@ -931,7 +906,7 @@ VmNetwork VmNetwork::create(const std::string& vm_id, const NetworkPolicy& polic
         prepare_netns_dir();
         fs::path path = kNetnsDir / (kNetnsPrefix + vm_id);
         {
-            Fd file(::open(path.c_str(), O_RDONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0));
+            UniqueFd file(::open(path.c_str(), O_RDONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0));
             if (file.get() < 0) {
                 throw_errno("create " + path.string());
             }
@@ -1125,7 +1100,7 @@ int VmNetwork::open_tcp_socket() const {
 
 int VmNetwork::connect_tcp(std::uint16_t guest_port, std::chrono::milliseconds timeout) const {
     std::string what = "connect to " + vm_id_ + " port " + std::to_string(guest_port);
-    Fd fd(with_context(what, [&] { return open_tcp_socket(); }));
+    UniqueFd fd(with_context(what, [&] { return open_tcp_socket(); }));
 
     sockaddr_in address{};
     address.sin_family = AF_INET;

@@ -15,6 +15,7 @@
 #include "holt/common/child_process.hpp"
 #include "holt/common/error.hpp"
 #include "holt/common/log.hpp"
+#include "holt/common/unique_fd.hpp"
 #include "holt/vm/network.hpp"
 #include "holt/vm/qmp_client.hpp"
 
@@ -54,22 +55,6 @@ std::string memory_backend_arg(const MachineSpec& spec) {
     return "memory-backend-file,id=ram," + size + ",mem-path=" + spec.memory.file.string() +
            ",share=" + (spec.memory.shared ? "on" : "off");
 }
-
-class UniqueFd {
-  public:
-    explicit UniqueFd(int fd) : fd_(fd) {}
-    ~UniqueFd() {
-        if (fd_ >= 0) {
-            ::close(fd_);
-        }
-    }
-    UniqueFd(const UniqueFd&) = delete;
-    UniqueFd& operator=(const UniqueFd&) = delete;
-    int get() const { return fd_; }
-
-  private:
-    int fd_;
-};
 
 class QemuMachine : public Machine {
   public:

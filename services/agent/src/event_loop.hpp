@@ -8,7 +8,7 @@
 #include <optional>
 #include <unordered_map>
 
-#include "unique_fd.hpp"
+#include "holt/common/unique_fd.hpp"
 
 namespace holt::agent {
 

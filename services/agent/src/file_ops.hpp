@@ -9,8 +9,8 @@
 #include <map>
 #include <string>
 
+#include "holt/common/unique_fd.hpp"
 #include "outbox.hpp"
-#include "unique_fd.hpp"
 
 namespace holt::agent {
 

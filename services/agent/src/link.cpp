@@ -190,16 +190,7 @@ class VirtioLink final : public Link {
         }
         if (ev & EPOLLIN) {
             ReadResult result = read_available(
-                fd_.get(),
-                [this](std::string_view bytes) {
-                    if (!connected_) {
-                        connected_ = true;
-                        log::debug("host connected to ", port_name_);
-                        callbacks_.on_connect();
-                    }
-                    callbacks_.on_data(bytes);
-                },
-                buffer_);
+                fd_.get(), [this](std::string_view bytes) { on_bytes(bytes); }, buffer_);
             if (result == ReadResult::kClosed) {
                 host_away(true);
                 return;
@@ -211,6 +202,20 @@ class VirtioLink final : public Link {
         if ((ev & EPOLLOUT) && want_write_) {
             callbacks_.on_writable();
         }
+    }
+
+    // Bytes from the host: the first ones after it was away mean it is connected (again).
+    void on_bytes(std::string_view bytes) {
+        if (away_) {
+            away_ = false;
+            update_events();
+        }
+        if (!connected_) {
+            connected_ = true;
+            log::debug("host connected to ", port_name_);
+            callbacks_.on_connect();
+        }
+        callbacks_.on_data(bytes);
     }
 
     // No host on the other end: watch the port edge-triggered until one comes.
@@ -229,24 +234,11 @@ class VirtioLink final : public Link {
         }
     }
 
-    // While away: reads whatever a new host sent; on its first bytes the port is back to
-    // level-triggered watching with the host connected.
+    // While away: reads whatever a new host sent; with its first bytes the port is watched
+    // level-triggered again.
     void look_for_host() {
         ReadResult result = read_available(
-            fd_.get(),
-            [this](std::string_view bytes) {
-                if (away_) {
-                    away_ = false;
-                    update_events();
-                }
-                if (!connected_) {
-                    connected_ = true;
-                    log::debug("host connected to ", port_name_);
-                    callbacks_.on_connect();
-                }
-                callbacks_.on_data(bytes);
-            },
-            buffer_);
+            fd_.get(), [this](std::string_view bytes) { on_bytes(bytes); }, buffer_);
         if (result == ReadResult::kClosed && !away_) {
             host_away(true);  // the host came and went within one read
         }

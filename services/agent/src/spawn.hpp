@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "holt/agent_protocol/types.hpp"
-#include "unique_fd.hpp"
+#include "holt/common/unique_fd.hpp"
 
 namespace holt::agent {
 

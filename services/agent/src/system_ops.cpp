@@ -14,8 +14,8 @@
 
 #include "holt/agent_protocol/frame.hpp"
 #include "holt/agent_protocol/messages.hpp"
+#include "holt/common/unique_fd.hpp"
 #include "op_error.hpp"
-#include "unique_fd.hpp"
 #include "version.hpp"
 
 // Added in Linux 4.17; the agent must also run on kernels whose headers lack it.

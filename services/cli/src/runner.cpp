@@ -12,6 +12,7 @@
 #include <ostream>
 
 #include "exec_stream.hpp"
+#include "holt/common/unique_fd.hpp"
 #include "holt/http_client/ndjson.hpp"
 #include "table.hpp"
 
@@ -146,22 +147,6 @@ int run_exec(ApiClient& client, const Invocation& inv, std::ostream& out, std::o
     return exit_status_of(exit);
 }
 
-class Fd {
-  public:
-    explicit Fd(int fd) : fd_(fd) {}
-    ~Fd() {
-        if (fd_ >= 0) {
-            ::close(fd_);
-        }
-    }
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    int get() const { return fd_; }
-
-  private:
-    int fd_;
-};
-
 std::size_t read_some(int fd, char* buffer, std::size_t size, const std::string& what) {
     for (;;) {
         ssize_t n = ::read(fd, buffer, size);
@@ -203,7 +188,7 @@ int run_upload(ApiClient& client, const Invocation& inv, std::ostream& out) {
     if (fd < 0) {
         throw_errno("open " + plan.local);
     }
-    Fd owned(from_stdin ? -1 : fd);
+    UniqueFd owned(from_stdin ? -1 : fd);
     std::optional<std::uint64_t> size;
     std::string mode = plan.mode.value_or("");
     if (!from_stdin) {
@@ -266,7 +251,7 @@ int run_download(ApiClient& client, const Invocation& inv, std::ostream& out) {
         throw_errno("create " + partial.string());
     }
     try {
-        Fd owned(fd);
+        UniqueFd owned(fd);
         client.stream(
             request,
             [&](std::string_view chunk) {

@@ -4,9 +4,10 @@
 
 #include <utility>
 
-namespace holt::agent {
+namespace holt {
 
-// Owns one file descriptor and closes it when destroyed.
+// Owns one file descriptor and closes it when destroyed. Header-only: the guest agent uses it
+// too, and links nothing of libs/common.
 class UniqueFd {
   public:
     UniqueFd() = default;
@@ -36,4 +37,4 @@ class UniqueFd {
     int fd_ = -1;
 };
 
-}  // namespace holt::agent
+}  // namespace holt
