@@ -410,11 +410,40 @@ std::shared_ptr<Snapshot> Engine::template_snapshot(const VmOptions& options) {
         key += ";warmup=" + command;
     }
 
-    std::lock_guard lock(templates_mutex_);
-    if (auto it = templates_.find(name);
-        it != templates_.end() && it->second->manifest().key == key) {
-        return it->second;
+    // The first caller for a name and key opens or makes the snapshot; later ones wait for it,
+    // while creates of other templates and sizes go on.
+    std::promise<std::shared_ptr<Snapshot>> promise;
+    std::shared_future<std::shared_ptr<Snapshot>> ready;
+    {
+        std::lock_guard lock(templates_mutex_);
+        auto it = templates_.find(name);
+        if (it != templates_.end() && it->second.key == key) {
+            ready = it->second.snapshot;
+        } else {
+            templates_[name] = TemplateEntry{key, promise.get_future().share()};
+        }
     }
+    if (ready.valid()) {
+        return ready.get();  // rethrows what the maker failed with
+    }
+    try {
+        auto snapshot = open_or_make_template_snapshot(options, name, key);
+        promise.set_value(snapshot);
+        return snapshot;
+    } catch (...) {
+        promise.set_exception(std::current_exception());
+        // The next create tries again.
+        std::lock_guard lock(templates_mutex_);
+        if (auto it = templates_.find(name); it != templates_.end() && it->second.key == key) {
+            templates_.erase(it);
+        }
+        throw;
+    }
+}
+
+std::shared_ptr<Snapshot> Engine::open_or_make_template_snapshot(const VmOptions& options,
+                                                                 const std::string& name,
+                                                                 const std::string& key) {
     fs::path root = options_.data_dir / "snapshots" / "templates";
     fs::create_directories(root);
     FileLock file_lock(root / (name + ".lock"));
@@ -433,15 +462,14 @@ std::shared_ptr<Snapshot> Engine::template_snapshot(const VmOptions& options) {
     } catch (const Error& e) {
         problem = e.what();
     }
-    if (!snapshot) {
-        if (fs::exists(dir)) {
-            holt::log::get("vm")->warn("template snapshot {} is unusable ({}); making it again",
-                                       name, problem);
-        }
-        snapshot = make_template_snapshot(options, key, dir);
+    if (snapshot) {
+        return snapshot;
     }
-    templates_[name] = snapshot;
-    return snapshot;
+    if (fs::exists(dir)) {
+        holt::log::get("vm")->warn("template snapshot {} is unusable ({}); making it again", name,
+                                   problem);
+    }
+    return make_template_snapshot(options, key, dir);
 }
 
 std::shared_ptr<Snapshot> Engine::make_template_snapshot(const VmOptions& options,

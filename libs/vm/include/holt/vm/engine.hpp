@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -206,6 +207,11 @@ class Engine {
     std::unique_ptr<AgentClient> wait_for_agent(Machine& machine,
                                                 std::chrono::steady_clock::time_point deadline,
                                                 bool after_restore = false);
+    // The template snapshot `name` for `key` from its directory, made anew if it is missing,
+    // partial or stale. Serialised across processes by a lock file.
+    std::shared_ptr<Snapshot> open_or_make_template_snapshot(const VmOptions& options,
+                                                             const std::string& name,
+                                                             const std::string& key);
     std::shared_ptr<Snapshot> make_template_snapshot(const VmOptions& options,
                                                      const std::string& key,
                                                      const std::filesystem::path& dir);
@@ -233,8 +239,13 @@ class Engine {
     QemuDriver driver_;
     std::mutex accel_mutex_;
     std::optional<AcceleratorChoice> accel_;
+    // Template snapshots by name ("base-1cpu-512m"), ready or being opened or made.
+    struct TemplateEntry {
+        std::string key;
+        std::shared_future<std::shared_ptr<Snapshot>> snapshot;
+    };
     std::mutex templates_mutex_;
-    std::map<std::string, std::shared_ptr<Snapshot>> templates_;
+    std::map<std::string, TemplateEntry> templates_;
     std::mutex layers_mutex_;
     std::map<std::filesystem::path, std::weak_ptr<DiskLayer>> layers_;
 };
