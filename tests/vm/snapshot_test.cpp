@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <future>
 #include <sstream>
 #include <thread>
@@ -215,6 +216,68 @@ TEST_F(SnapshotTest, AStaleTemplateSnapshotIsRebuiltNotUsed) {
     auto vm = fresh.create(options);
     EXPECT_EQ(run_ok(*vm, "echo ok"), "ok\n");
     EXPECT_TRUE(fs::exists(dir / "snapshot.json"));
+}
+
+// A stand-in for a template snapshot of `current`'s template and size made from something
+// else (another image, QEMU or Holt): complete enough to be opened, last written `age` ago.
+fs::path stale_template_snapshot(const Snapshot& current, const std::string& suffix,
+                                 std::chrono::seconds age) {
+    fs::path dir = current.dir().parent_path() / ("base-1cpu-512m-stale" + suffix);
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    for (const char* file : {"state", "memory", "disk.qcow2"}) {
+        std::ofstream(dir / file) << "stand-in";
+    }
+    SnapshotManifest m = current.manifest();
+    m.key = "made from something else";
+    m.disk = "disk.qcow2";
+    m.disk_chain.clear();
+    Snapshot::write_manifest(dir, m);
+    fs::last_write_time(dir, fs::file_time_type::clock::now() - age);
+    return dir;
+}
+
+TEST_F(SnapshotTest, SweepsDeleteStaleTemplateSnapshotsOnlyOnceNothingStandsOnThem) {
+    auto current = engine().template_snapshot({.template_name = "base"});
+    const auto old = std::chrono::hours(2);
+    fs::path unused = stale_template_snapshot(*current, "-unused", old);
+    fs::path young = stale_template_snapshot(*current, "-young", std::chrono::seconds(0));
+    fs::path used = stale_template_snapshot(*current, "-used", old);
+    // Made by a Holt whose snapshot format this one cannot read.
+    fs::path unreadable = stale_template_snapshot(*current, "-oldformat", old);
+    std::ofstream(unreadable / "snapshot.json") << R"({"format": 1})";
+    fs::last_write_time(unreadable, fs::file_time_type::clock::now() - old);
+
+    // A kept snapshot of a VM that was restored from the stale template stands on its RAM file
+    // and its disk layer.
+    fs::path kept = test_run_dir() / "snapshots" / "snap-standsonstale";
+    fs::path frozen = test_run_dir() / "layers" / "vm-standsonstale.qcow2";
+    fs::create_directories(kept);
+    fs::create_directories(frozen.parent_path());
+    for (const fs::path& file : {kept / "state", kept / "memory.pages", frozen}) {
+        std::ofstream(file) << "stand-in";
+    }
+    SnapshotManifest m = current->manifest();
+    m.kind = "vm";
+    m.ram = SavedRam::none;
+    m.memory_base = used / "memory";
+    m.disk = frozen;
+    m.disk_chain = {frozen, used / "disk.qcow2"};
+    Snapshot::write_manifest(kept, m);
+    fs::last_write_time(used, fs::file_time_type::clock::now() - old);
+
+    engine().sweep_stale_vms();
+    EXPECT_FALSE(fs::exists(unused)) << "a stale template snapshot nothing uses stays";
+    EXPECT_FALSE(fs::exists(unreadable));
+    EXPECT_TRUE(fs::exists(young)) << "a young one may be another Holt version's current one";
+    EXPECT_TRUE(fs::exists(used)) << "a kept snapshot stands on it";
+    EXPECT_TRUE(fs::exists(current->memory_file())) << "the current one went";
+
+    engine().delete_snapshot("snap-standsonstale");
+    engine().sweep_stale_vms();
+    EXPECT_FALSE(fs::exists(used));
+    fs::remove_all(young);
+    EXPECT_EQ(run_ok(*engine().create({.template_name = "base"}), "echo ok"), "ok\n");
 }
 
 }  // namespace

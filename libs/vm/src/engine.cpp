@@ -8,6 +8,7 @@
 #include <ctime>
 #include <fstream>
 #include <future>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -65,7 +66,25 @@ class FileLock {
             throw_errno("lock " + path.string());
         }
     }
-    ~FileLock() { ::close(fd_); }
+    // The lock if nobody holds it now, else nothing.
+    static std::optional<FileLock> try_lock(const fs::path& path) {
+        int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            return std::nullopt;
+        }
+        if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            ::close(fd);
+            return std::nullopt;
+        }
+        return std::optional<FileLock>(std::in_place, fd);
+    }
+    explicit FileLock(int locked_fd) : fd_(locked_fd) {}
+    FileLock(FileLock&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+    ~FileLock() {
+        if (fd_ >= 0) {
+            ::close(fd_);
+        }
+    }
     FileLock(const FileLock&) = delete;
     FileLock& operator=(const FileLock&) = delete;
 
@@ -248,7 +267,91 @@ std::vector<std::string> Engine::sweep_stale_vms() {
                            options_.network);
     RuntimeDir::sweep_host_registry();
     collect_layers();
+    collect_template_snapshots();
     return removed;
+}
+
+void Engine::collect_template_snapshots() {
+    const fs::path root = template_snapshots_dir();
+    std::error_code ec;
+    if (!fs::is_directory(root, ec)) {
+        return;
+    }
+    // The template snapshot directories that running VMs anywhere on this host, and this
+    // engine's kept snapshots, stand on (their RAM file or their disk layer).
+    std::set<fs::path> used;
+    auto note = [&](const fs::path& file) {
+        if (file.parent_path().parent_path() == root) {
+            used.insert(file.parent_path());
+        }
+    };
+    for (const auto& link : fs::directory_iterator(RuntimeDir::kHostRegistry, ec)) {
+        std::error_code link_ec;
+        fs::path vm_dir = fs::read_symlink(link.path(), link_ec);
+        if (link_ec) {
+            continue;
+        }
+        try {
+            if (auto record = VmRecord::read(vm_dir)) {
+                note(record->memory_file);
+                for (const auto& layer : record->disk_chain) {
+                    note(layer);
+                }
+            }
+        } catch (const std::exception&) {
+            return;  // never delete what an unreadable record might name
+        }
+    }
+    for (const auto& id : list_snapshots()) {
+        try {
+            SnapshotManifest m = Snapshot::read_manifest(snapshots_dir() / id);
+            note(m.memory_base);
+            for (const auto& layer : m.disk_chain) {
+                note(layer);
+            }
+        } catch (const Error&) {
+            return;
+        }
+    }
+
+    for (const auto& entry : fs::directory_iterator(root, ec)) {
+        const fs::path dir = entry.path();
+        if (!entry.is_directory() || dir.extension() == ".partial" || used.contains(dir)) {
+            continue;
+        }
+        // "<name>-<key hash>"; one this Holt cannot read (partial, another format) is stale too.
+        std::string name = dir.filename().string();
+        name = name.substr(0, name.rfind('-'));
+        try {
+            SnapshotManifest m = Snapshot::read_manifest(dir);
+            VmOptions options{.template_name = m.template_name,
+                              .vcpus = m.vcpus,
+                              .memory_mib = m.memory_mib,
+                              .extra_kernel_args = m.kernel_args};
+            if (m.network) {
+                options.network = NetworkPolicy{};
+            }
+            name = template_snapshot_name(options);
+            if (dir.filename() == name + "-" + hash_text(template_snapshot_key(options))) {
+                continue;  // the one creates restore from now
+            }
+        } catch (const std::exception&) {
+            // Unreadable, or its template is gone: nothing makes it current again.
+        }
+        // Stale and unused. A young one may be another Holt version's current snapshot, about to
+        // be restored from; and a maker of this name holds its lock.
+        auto age = fs::file_time_type::clock::now() - fs::last_write_time(dir, ec);
+        if (ec || age < options_.stale_template_grace) {
+            continue;
+        }
+        auto lock = FileLock::try_lock(root / (name + ".lock"));
+        if (!lock) {
+            continue;
+        }
+        holt::log::get("vm")->info("template snapshot {} removed: it is stale and nothing uses it",
+                                   dir.filename().string());
+        fs::remove_all(dir, ec);
+    }
 }
 
 VmRecord Engine::new_record(const std::string& id, const std::string& template_name,
@@ -394,11 +497,14 @@ std::unique_ptr<Vm> Engine::create(const VmOptions& options) {
                    options.network.value_or(NetworkPolicy{}));
 }
 
-std::shared_ptr<Snapshot> Engine::template_snapshot(const VmOptions& options) {
+std::string Engine::template_snapshot_name(const VmOptions& options) {
+    return options.template_name + "-" + std::to_string(options.vcpus) + "cpu-" +
+           std::to_string(options.memory_mib) + "m" + (options.network ? "-net" : "");
+}
+
+std::string Engine::template_snapshot_key(const VmOptions& options) {
     TemplateImage image = images_.get(options.template_name);
     Accelerator accel = accelerator(options.template_name).accel;
-    std::string name = options.template_name + "-" + std::to_string(options.vcpus) + "cpu-" +
-                       std::to_string(options.memory_mib) + "m" + (options.network ? "-net" : "");
     // Everything the saved guest depends on; a snapshot made from anything else is stale.
     std::string key = "format=" + std::to_string(kSnapshotFormat) + ";recipe=" + image.recipe_hash +
                       ";kernel=" + image.kernel.string() + ";initrd=" + image.initrd.string() +
@@ -409,22 +515,51 @@ std::shared_ptr<Snapshot> Engine::template_snapshot(const VmOptions& options) {
     for (const auto& command : image.warmup) {
         key += ";warmup=" + command;
     }
+    return key;
+}
+
+fs::path Engine::template_snapshots_dir() const {
+    return options_.data_dir / "snapshots" / "templates";
+}
+
+std::shared_ptr<Snapshot> Engine::template_snapshot(const VmOptions& options) {
+    const std::string name = template_snapshot_name(options);
+    const std::string key = template_snapshot_key(options);
 
     // The first caller for a name and key opens or makes the snapshot; later ones wait for it,
     // while creates of other templates and sizes go on.
     std::promise<std::shared_ptr<Snapshot>> promise;
-    std::shared_future<std::shared_ptr<Snapshot>> ready;
-    {
+    for (;;) {
+        std::shared_future<std::shared_ptr<Snapshot>> ready;
+        {
+            std::lock_guard lock(templates_mutex_);
+            auto it = templates_.find(name);
+            if (it != templates_.end() && it->second.key == key) {
+                ready = it->second.snapshot;
+            } else {
+                templates_[name] = TemplateEntry{key, promise.get_future().share()};
+            }
+        }
+        if (!ready.valid()) {
+            break;  // this call makes it
+        }
+        auto snapshot = ready.get();  // rethrows what the maker failed with
+        if (fs::exists(snapshot->dir() / "snapshot.json")) {
+            return snapshot;
+        }
+        // Deleted since (by hand, or by the sweep of another Holt version that found it stale):
+        // forget it, unless another call has already, and open or make it again.
         std::lock_guard lock(templates_mutex_);
         auto it = templates_.find(name);
-        if (it != templates_.end() && it->second.key == key) {
-            ready = it->second.snapshot;
-        } else {
-            templates_[name] = TemplateEntry{key, promise.get_future().share()};
+        if (it != templates_.end() &&
+            it->second.snapshot.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
+            try {
+                if (it->second.snapshot.get() == snapshot) {
+                    templates_.erase(it);
+                }
+            } catch (const std::exception&) {
+            }
         }
-    }
-    if (ready.valid()) {
-        return ready.get();  // rethrows what the maker failed with
     }
     try {
         auto snapshot = open_or_make_template_snapshot(options, name, key);
@@ -444,7 +579,7 @@ std::shared_ptr<Snapshot> Engine::template_snapshot(const VmOptions& options) {
 std::shared_ptr<Snapshot> Engine::open_or_make_template_snapshot(const VmOptions& options,
                                                                  const std::string& name,
                                                                  const std::string& key) {
-    fs::path root = options_.data_dir / "snapshots" / "templates";
+    fs::path root = template_snapshots_dir();
     fs::create_directories(root);
     FileLock file_lock(root / (name + ".lock"));
     // One directory per key: a template snapshot in use is never rebuilt in place, since the

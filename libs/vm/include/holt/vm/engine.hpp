@@ -45,6 +45,10 @@ struct EngineOptions {
     // How old a disk layer file that nothing names must be before a sweep deletes it: a layer is
     // made a moment before the vm.json or snapshot.json that names it, maybe by another process.
     std::chrono::milliseconds unnamed_layer_grace = std::chrono::seconds(60);
+    // How old a stale template snapshot (made from another image, QEMU or Holt) must be before a
+    // sweep deletes it, once nothing stands on it: a young one may be the current snapshot of
+    // another Holt version running beside this one.
+    std::chrono::milliseconds stale_template_grace = std::chrono::hours(1);
 };
 
 struct VmOptions {
@@ -181,8 +185,9 @@ class Engine {
 
     // Removes the runtime directories, disk layers, hypervisors and network namespaces of this
     // owner's VMs whose process died without detaching them, and what any VM whose hypervisor has
-    // ended left behind. Then deletes disk layers nothing names any more. Adopt first: a VM is
-    // swept only while nobody owns it.
+    // ended left behind. Then deletes disk layers nothing names any more, and stale template
+    // snapshots (older than stale_template_grace) that no VM on the host and no kept snapshot
+    // stands on. Adopt first: a VM is swept only while nobody owns it.
     std::vector<std::string> sweep_stale_vms();
 
   private:
@@ -233,6 +238,13 @@ class Engine {
                                           bool top_persistent);
     // Deletes files in layers_dir() that no VM, snapshot or object of this process names.
     void collect_layers();
+    // Deletes stale template snapshots that nothing stands on (see sweep_stale_vms()).
+    void collect_template_snapshots();
+    std::filesystem::path template_snapshots_dir() const;
+    // "base-1cpu-512m[-net]": one template snapshot per template and size.
+    static std::string template_snapshot_name(const VmOptions& options);
+    // What a template snapshot for `options` is made from now (image, QEMU, machine, ...).
+    std::string template_snapshot_key(const VmOptions& options);
 
     EngineOptions options_;
     ImageStore images_;
