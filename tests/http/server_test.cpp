@@ -132,6 +132,15 @@ TEST_F(HttpServerTest, UnknownPathsAndMethodsAnswerJsonErrors) {
     EXPECT_EQ(error_code(res), "method_not_allowed");
 }
 
+TEST_F(HttpServerTest, AnEncodedNulInThePathOrQueryIsABadRequest) {
+    // Ids and paths would be cut short at the NUL by the database or the guest but not here.
+    for (const char* target : {"/v1/things/abc%00def", "/v1/things/abc?q=x%00y"}) {
+        auto res = request(bhttp::verb::get, target);
+        EXPECT_EQ(res.result_int(), 400) << target;
+        EXPECT_EQ(error_code(res), "bad_request") << target;
+    }
+}
+
 TEST_F(HttpServerTest, HandlerErrorsMapToStatusAndCode) {
     auto res = request(bhttp::verb::get, "/v1/conflict");
     EXPECT_EQ(res.result_int(), 409);

@@ -464,6 +464,10 @@ TEST(SandboxE2E, HundredMiBUploadAndDownloadRoundTrip) {
     auto missing = call("GET", "/v1/sandboxes/" + id + "/files?path=/nope");
     EXPECT_EQ(missing.status, 404);
     EXPECT_EQ(missing.code(), "file_not_found");
+    // A device never ends: it is refused, not streamed forever.
+    auto device = call("GET", "/v1/sandboxes/" + id + "/files?path=/dev/zero");
+    EXPECT_EQ(device.status, 400);
+    EXPECT_EQ(device.code(), "bad_request");
     kill(id);
 }
 

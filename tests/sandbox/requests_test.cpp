@@ -123,6 +123,54 @@ TEST(Utf8, ValidAndInvalid) {
     EXPECT_EQ(event.at("data_b64").as_string(), "AP8=");
 }
 
+TEST(Utf8, OnlyWellFormedSequencesCount) {
+    using holt::sandbox::is_utf8;
+    EXPECT_TRUE(is_utf8("\xf0\x9f\x98\x80"));   // U+1F600
+    EXPECT_FALSE(is_utf8("\xf5\x80\x80\x80"));  // past U+10FFFF
+    EXPECT_FALSE(is_utf8("\xed\xa0\x80"));      // a surrogate
+    EXPECT_FALSE(is_utf8("\xe0\x80\xaf"));      // an overlong "/"
+    EXPECT_FALSE(is_utf8("\xc0\xaf"));
+}
+
+TEST(Utf8, ACharacterCutAtTheEndOfAChunkIsHeldBack) {
+    using holt::sandbox::utf8_complete_prefix;
+    EXPECT_EQ(utf8_complete_prefix("ab\xe2\x82"), 2u);  // the euro sign, short of its last byte
+    EXPECT_EQ(utf8_complete_prefix("ab\xe2\x82\xac"), 5u);
+    EXPECT_EQ(utf8_complete_prefix("ab\xf0"), 2u);
+    EXPECT_EQ(utf8_complete_prefix("ab\xff"), 3u);  // invalid, not incomplete: nothing to wait for
+    EXPECT_EQ(utf8_complete_prefix(""), 0u);
+}
+
+TEST(ParseUpdate, ChecksTheWholeBodyBeforeAnythingChanges) {
+    using holt::sandbox::parse_update;
+    auto update = parse_update(json::parse(R"({"ttl_seconds": null, "metadata": {"a": "b"}})"));
+    EXPECT_TRUE(update.set_ttl);
+    EXPECT_FALSE(update.ttl_seconds);
+    EXPECT_EQ(update.metadata->at("a"), "b");
+    for (const char* body : {
+             R"({"ttl_seconds": 3000, "on_expire": "bogus"})",
+             R"({"ttl_seconds": 999999999999})",
+             R"({"ttl_seconds": 0})",
+             R"({"vcpus": 4})",
+             R"({"metadata": {"a": "\u0000"}})",
+             R"([])",
+         }) {
+        EXPECT_EQ(status_of([&] { parse_update(json::parse(body)); }), 400) << body;
+    }
+}
+
+TEST(ParseCreate, NulCharactersAndBadVariableNamesAre400) {
+    for (const char* body : {
+             R"({"template": "base\u0000x"})",
+             R"({"template": "base", "metadata": {"a": "\u0000"}})",
+             R"({"template": "base", "metadata": {"\u0000": "a"}})",
+             R"({"template": "base", "env": {"A=B": "x"}})",
+             R"({"template": "base", "env": {"": "x"}})",
+         }) {
+        EXPECT_EQ(status_of([&] { parse_create(json::parse(body)); }), 400) << body;
+    }
+}
+
 TEST(GuestPath, MustBeAbsolute) {
     EXPECT_EQ(holt::sandbox::guest_path(std::string("/a/b")), "/a/b");
     EXPECT_EQ(status_of([] { holt::sandbox::guest_path(std::nullopt); }), 400);

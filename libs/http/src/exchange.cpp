@@ -39,6 +39,17 @@ Exchange::Exchange(detail::Connection& connection) : connection_(connection) {
     for (auto param : url->params()) {
         query_.emplace_back(param.key, param.value);
     }
+    // An encoded NUL (%00) would cut ids and paths short wherever C strings are involved (the
+    // database, the guest's file system) while the rest of the code sees the whole string.
+    auto has_nul = [](const std::string& text) { return text.find('\0') != std::string::npos; };
+    if (has_nul(path_)) {
+        valid_target_ = false;
+    }
+    for (const auto& [key, value] : query_) {
+        if (has_nul(key) || has_nul(value)) {
+            valid_target_ = false;
+        }
+    }
 }
 
 std::optional<std::string> Exchange::query(std::string_view name) const {

@@ -166,7 +166,7 @@ void Server::Impl::serve_requests(detail::Connection& connection) {
             exchange.emplace(connection);
             if (!exchange->valid_target()) {
                 throw bad_request("request target \"" + exchange->target() +
-                                  "\" is not a valid path");
+                                  "\" is not a valid path, or it has an encoded NUL byte (%00)");
             }
             handler(*exchange);
             if (!exchange->responded()) {

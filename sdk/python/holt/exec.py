@@ -45,8 +45,8 @@ class ExecResult:
     @classmethod
     def from_json(cls, d: dict) -> "ExecResult":
         return cls(
-            stdout=d.get("stdout") or "",
-            stderr=d.get("stderr") or "",
+            stdout=output_text(d, "stdout"),
+            stderr=output_text(d, "stderr"),
             exit_code=d.get("exit_code"),
             signal=d.get("signal"),
             timed_out=bool(d.get("timed_out")),
@@ -67,15 +67,20 @@ class CommandFailed(HoltError):
         self.result = result
 
 
-def event_data(event: dict) -> str:
-    """The output text of a stdout/stderr event; base64 payloads (bytes that are not UTF-8) are
-    decoded and their invalid sequences replaced."""
-    if "data" in event:
-        return event["data"]
-    raw = event.get("data_b64")
+def output_text(d: dict, key: str) -> str:
+    """Output under ``key``, or under ``key + "_b64"`` when it was not UTF-8: then decoded, its
+    invalid sequences replaced."""
+    if d.get(key) is not None:
+        return d[key]
+    raw = d.get(key + "_b64")
     if raw is None:
         return ""
     return base64.b64decode(raw).decode("utf-8", "replace")
+
+
+def event_data(event: dict) -> str:
+    """The output text of a stdout/stderr event (see output_text)."""
+    return output_text(event, "data")
 
 
 def consume_events(

@@ -5,6 +5,7 @@
 #include <boost/json.hpp>
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <streambuf>
 
@@ -75,18 +76,50 @@ class BodyStreamBuf : public std::streambuf {
 };
 
 // Output of a running command, handed from the agent client's reader thread to the HTTP thread.
-// Bounded: past the cap the producer waits, which the agent's flow control carries back to the
-// command; once the client is gone, output is dropped.
+// The reader thread serves every call on the VM, so it never waits here: past the cap (a client
+// that reads more slowly than the command writes), the queue overflows and the stream ends with
+// an error; the command runs on and can be attached to again. Once the client is gone, output is
+// dropped.
 class EventQueue {
   public:
+    // Output of the command on `stream` ("stdout" or "stderr"). A character split between
+    // chunks waits for its other bytes, so that text stays text.
+    void push_output(const std::string& stream, std::string_view data) {
+        std::string& carry = carry_[stream];
+        std::string text = carry;
+        text.append(data);
+        std::size_t cut = utf8_complete_prefix(text);
+        carry = text.substr(cut);
+        if (cut > 0) {
+            json::object event{{"type", stream}};
+            add_output(event, "data", std::string_view(text).substr(0, cut));
+            push(std::move(event));
+        }
+    }
+    // What push_output() still holds back, once the command has ended.
+    void flush_output() {
+        for (auto& [stream, carry] : carry_) {
+            if (!carry.empty()) {
+                json::object event{{"type", stream}};
+                add_output(event, "data", carry);
+                carry.clear();
+                push(std::move(event));
+            }
+        }
+    }
+
     void push(json::object event) {
-        std::unique_lock lock(mutex_);
+        std::lock_guard lock(mutex_);
         auto size = event.size() * 16;
         if (auto* d = event.if_contains("data")) {
             size += d->as_string().size();
         }
-        room_.wait_for(lock, std::chrono::seconds(30), [&] { return bytes_ < kCap || closed_; });
         if (closed_) {
+            return;
+        }
+        if (bytes_ >= kCap) {
+            overflowed_ = true;
+            ready_.notify_one();
             return;
         }
         bytes_ += size;
@@ -102,24 +135,29 @@ class EventQueue {
         auto [size, event] = std::move(events_.front());
         events_.pop_front();
         bytes_ -= size;
-        room_.notify_all();
         return std::move(event);
     }
     void close() {
         std::lock_guard lock(mutex_);
         closed_ = true;
         events_.clear();
-        room_.notify_all();
+    }
+    // Output was dropped because the queue was full.
+    bool overflowed() {
+        std::lock_guard lock(mutex_);
+        return overflowed_;
     }
 
   private:
     static constexpr std::size_t kCap = 8 * 1024 * 1024;
     std::mutex mutex_;
     std::condition_variable ready_;
-    std::condition_variable room_;
     std::deque<std::pair<std::size_t, json::object>> events_;
     std::size_t bytes_ = 0;
     bool closed_ = false;
+    bool overflowed_ = false;
+    // Used by the agent client's reader thread only, and by flush_output() after the exit.
+    std::map<std::string, std::string> carry_;
 };
 
 std::string line(const json::object& event) {
@@ -128,22 +166,26 @@ std::string line(const json::object& event) {
 
 vm::ExecCallbacks queue_callbacks(const std::shared_ptr<EventQueue>& queue) {
     vm::ExecCallbacks callbacks;
-    callbacks.on_stdout = [queue](std::string_view data) {
-        json::object event{{"type", "stdout"}};
-        add_output(event, "data", data);
-        queue->push(std::move(event));
-    };
-    callbacks.on_stderr = [queue](std::string_view data) {
-        json::object event{{"type", "stderr"}};
-        add_output(event, "data", data);
-        queue->push(std::move(event));
-    };
+    callbacks.on_stdout = [queue](std::string_view data) { queue->push_output("stdout", data); };
+    callbacks.on_stderr = [queue](std::string_view data) { queue->push_output("stderr", data); };
     return callbacks;
 }
 
 // Streams a session's events as NDJSON until it exits or the client goes away. The command
 // runs on either way.
 void stream_session(Exchange& x, vm::ExecSession& session, EventQueue& queue) {
+    // Output was lost: say so instead of pretending the stream is whole.
+    auto end_too_slow = [&] {
+        queue.close();
+        x.write_chunk(line(
+            json::object{{"type", "error"},
+                         {"code", "client_too_slow"},
+                         {"message",
+                          "the client read the output more slowly than the command wrote it, and "
+                          "some was dropped; the command goes on as process " +
+                              std::to_string(session.pid()) + " (attach to it to read on)"}}));
+        x.end_stream();
+    };
     x.begin_stream(200, "application/x-ndjson");
     x.write_chunk(line(json::object{{"type", "start"}, {"pid", session.pid()}}));
     for (;;) {
@@ -163,8 +205,13 @@ void stream_session(Exchange& x, vm::ExecSession& session, EventQueue& queue) {
             return;
         }
         if (status) {
+            queue.flush_output();
             while (auto event = queue.pop(std::chrono::milliseconds(0))) {
                 x.write_chunk(line(*event));
+            }
+            if (queue.overflowed()) {
+                end_too_slow();
+                return;
             }
             auto exit = to_json(*status).as_object();
             exit["type"] = "exit";
@@ -177,6 +224,9 @@ void stream_session(Exchange& x, vm::ExecSession& session, EventQueue& queue) {
                 queue.close();
                 return;
             }
+        } else if (queue.overflowed()) {
+            end_too_slow();
+            return;
         }
     }
 }
@@ -278,35 +328,19 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
 
     router.add("PATCH", "/v1/sandboxes/{id}", [&, authenticate, limit](Exchange& x) {
         auto tenant = authenticate(x);
-        auto body = x.read_json(limit);
-        if (!body.is_object()) {
-            throw http::bad_request("the request body must be a JSON object");
-        }
+        UpdateSpec update = parse_update(x.read_json(limit));
         auto record = manager.get(tenant, x.param("id"));
         if (record.state == "killed") {
             throw HttpError(410, "sandbox_gone", "sandbox " + record.id + " is gone");
         }
-        auto& o = body.as_object();
-        if (auto* ttl = o.if_contains("ttl_seconds")) {
-            if (ttl->is_null()) {
-                store.set_expiry(record.id, std::nullopt);
-            } else if (ttl->is_int64() && ttl->as_int64() >= 1) {
-                store.set_expiry(record.id, ttl->as_int64());
-            } else {
-                throw http::bad_request("ttl_seconds must be a positive integer or null");
-            }
+        if (update.set_ttl) {
+            store.set_expiry(record.id, update.ttl_seconds);
         }
-        if (o.contains("on_expire")) {
-            auto on_expire = string_field(o, "on_expire");
-            if (on_expire != "kill" && on_expire != "hibernate") {
-                throw http::bad_request("on_expire must be \"kill\" or \"hibernate\"");
-            }
-            store.set_on_expire(record.id, on_expire);
+        if (update.on_expire) {
+            store.set_on_expire(record.id, *update.on_expire);
         }
-        if (o.contains("metadata")) {
-            CreateSpec probe =
-                parse_create(json::object{{"template", "x"}, {"metadata", o.at("metadata")}});
-            store.set_metadata(record.id, probe.metadata);
+        if (update.metadata) {
+            store.set_metadata(record.id, *update.metadata);
         }
         x.respond_json(200, to_json(manager.get(tenant, record.id)));
     });
@@ -367,12 +401,8 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
             auto body = to_json(result.status).as_object();
             add_output(body, "stdout", result.stdout_data);
             add_output(body, "stderr", result.stderr_data);
-            if (!body.contains("stdout")) {
-                body["stdout"] = "";
-            }
-            if (!body.contains("stderr")) {
-                body["stderr"] = "";
-            }
+            // The agent keeps at most ExecRequest::max_output bytes of each stream.
+            body["output_truncated"] = result.output_truncated;
             x.respond_json(200, body);
             return;
         }
@@ -463,6 +493,11 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
         auto stat = vm_call("read " + path, [&] { return agent.stat(path); });
         if (stat.type == vm::FileType::kDirectory) {
             throw http::bad_request(path + " is a directory; list it with /files/list");
+        }
+        if (stat.type != vm::FileType::kRegular) {
+            // A device or a FIFO has no end (or no size): only regular files are downloaded.
+            throw http::bad_request(path + " is not a regular file (it is a " +
+                                    agent_protocol::to_string(stat.type) + ")");
         }
         x.set_header("X-Holt-File-Size", std::to_string(stat.size));
         x.begin_stream(200, "application/octet-stream");

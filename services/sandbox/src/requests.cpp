@@ -51,7 +51,16 @@ bool bool_field(const json::object& body, const char* name, bool fallback) {
     return v->as_bool();
 }
 
-StringMap map_field(const json::object& body, const char* name) {
+// The database and the guest take text as C strings, which a NUL would cut short.
+void check_no_nul(std::string_view text, const std::string& field) {
+    if (text.find('\0') != std::string_view::npos) {
+        throw bad_request("field \"" + field + "\" must not contain a NUL character");
+    }
+}
+
+enum class MapKeys { any, env_names };
+
+StringMap map_field(const json::object& body, const char* name, MapKeys keys = MapKeys::any) {
     StringMap out;
     auto* v = body.if_contains(name);
     if (!v || v->is_null()) {
@@ -65,10 +74,19 @@ StringMap map_field(const json::object& body, const char* name) {
             throw bad_request(std::string("field \"") + name + "." + std::string(k) +
                               "\" must be a string");
         }
+        std::string field = std::string(name) + "." + std::string(k);
+        check_no_nul(k, field);
+        check_no_nul(value.as_string(), field);
+        if (keys == MapKeys::env_names && (k.empty() || k.find('=') != std::string_view::npos)) {
+            throw bad_request(std::string("field \"") + name + "\" has the variable name \"" +
+                              std::string(k) + "\": names must be non-empty and have no '='");
+        }
         out[std::string(k)] = std::string(value.as_string());
     }
     return out;
 }
+
+constexpr std::int64_t kMaxTtlSeconds = 10LL * 365 * 24 * 3600;
 
 std::int64_t in_range(std::int64_t value, const char* name, std::int64_t low, std::int64_t high) {
     if (value < low || value > high) {
@@ -99,7 +117,33 @@ std::string string_field(const json::object& body, const char* name, const std::
     if (!v->is_string()) {
         throw bad_request(std::string("field \"") + name + "\" must be a string");
     }
+    check_no_nul(v->as_string(), name);
     return std::string(v->as_string());
+}
+
+UpdateSpec parse_update(const json::value& value) {
+    const auto& body = as_object(value);
+    UpdateSpec spec;
+    for (const auto& [key, field] : body) {
+        if (key == "ttl_seconds") {
+            spec.set_ttl = true;
+            if (auto ttl = int_field(body, "ttl_seconds")) {
+                spec.ttl_seconds = in_range(*ttl, "ttl_seconds", 1, kMaxTtlSeconds);
+            }
+        } else if (key == "on_expire") {
+            spec.on_expire = string_field(body, "on_expire");
+            if (*spec.on_expire != "kill" && *spec.on_expire != "hibernate") {
+                throw bad_request("field \"on_expire\" must be \"kill\" or \"hibernate\"");
+            }
+        } else if (key == "metadata") {
+            spec.metadata = map_field(body, "metadata");
+        } else {
+            throw bad_request("field \"" + std::string(key) +
+                              "\" cannot be changed (a sandbox takes ttl_seconds, on_expire and "
+                              "metadata)");
+        }
+    }
+    return spec;
 }
 
 CreateSpec parse_create(const json::value& value) {
@@ -111,13 +155,13 @@ CreateSpec parse_create(const json::value& value) {
         throw bad_request("give exactly one of \"template\" and \"snapshot_id\"");
     }
     if (auto ttl = int_field(body, "ttl_seconds")) {
-        spec.ttl_seconds = in_range(*ttl, "ttl_seconds", 1, 10LL * 365 * 24 * 3600);
+        spec.ttl_seconds = in_range(*ttl, "ttl_seconds", 1, kMaxTtlSeconds);
     }
     spec.on_expire = string_field(body, "on_expire", "kill");
     if (spec.on_expire != "kill" && spec.on_expire != "hibernate") {
         throw bad_request("field \"on_expire\" must be \"kill\" or \"hibernate\"");
     }
-    spec.env = map_field(body, "env");
+    spec.env = map_field(body, "env", MapKeys::env_names);
     spec.metadata = map_field(body, "metadata");
     spec.vcpus = static_cast<int>(in_range(int_field(body, "vcpus").value_or(1), "vcpus", 1, 4));
     spec.memory_mib = static_cast<int>(
@@ -168,7 +212,7 @@ ExecParams parse_exec(const json::value& value) {
     } else {
         req.shell = cmd;
     }
-    req.env = map_field(body, "env");
+    req.env = map_field(body, "env", MapKeys::env_names);
     req.cwd = string_field(body, "cwd");
     req.user = string_field(body, "user");
     if (auto* in = body.if_contains("stdin"); in && !in->is_null()) {
@@ -369,27 +413,65 @@ json::value to_json(const vm::ExitStatus& s) {
 }
 
 bool is_utf8(std::string_view s) {
+    return utf8_valid_prefix(s) == s.size();
+}
+
+std::size_t utf8_valid_prefix(std::string_view s) {
+    // RFC 3629: no overlong forms, no surrogates (U+D800..DFFF), nothing past U+10FFFF.
+    auto at = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
+    auto follows = [&](std::size_t k, unsigned lo, unsigned hi) {
+        return k < s.size() && at(k) >= lo && at(k) <= hi;
+    };
     std::size_t i = 0;
     while (i < s.size()) {
-        auto c = static_cast<unsigned char>(s[i]);
-        std::size_t follow = c < 0x80         ? 0
-                             : (c >> 5) == 6  ? 1
-                             : (c >> 4) == 14 ? 2
-                             : (c >> 3) == 30 ? 3
-                                              : 4;
-        if (follow == 4 || (follow > 0 && c < 0xC2) || i + follow >= s.size() + (follow == 0)) {
-            if (follow != 0) {
-                return false;
+        unsigned c = at(i);
+        std::size_t length = 0;
+        unsigned lo = 0x80, hi = 0xBF;  // the second byte's range
+        if (c < 0x80) {
+            length = 1;
+        } else if (c >= 0xC2 && c <= 0xDF) {
+            length = 2;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            length = 3;
+            lo = c == 0xE0 ? 0xA0 : 0x80;
+            hi = c == 0xED ? 0x9F : 0xBF;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            length = 4;
+            lo = c == 0xF0 ? 0x90 : 0x80;
+            hi = c == 0xF4 ? 0x8F : 0xBF;
+        } else {
+            return i;
+        }
+        if (length > 1 && !follows(i + 1, lo, hi)) {
+            return i;
+        }
+        for (std::size_t k = 2; k < length; ++k) {
+            if (!follows(i + k, 0x80, 0xBF)) {
+                return i;
             }
         }
-        for (std::size_t k = 1; k <= follow; ++k) {
-            if ((static_cast<unsigned char>(s[i + k]) >> 6) != 2) {
-                return false;
-            }
-        }
-        i += follow + 1;
+        i += length;
     }
-    return true;
+    return i;
+}
+
+std::size_t utf8_complete_prefix(std::string_view s) {
+    // Look back over at most three continuation bytes for the lead byte of the last character.
+    std::size_t back = 0;
+    while (back < 3 && back < s.size() &&
+           (static_cast<unsigned char>(s[s.size() - 1 - back]) & 0xC0) == 0x80) {
+        ++back;
+    }
+    if (back == s.size()) {
+        return s.size();
+    }
+    unsigned lead = static_cast<unsigned char>(s[s.size() - 1 - back]);
+    std::size_t length = lead >= 0xF5   ? 1  // not a lead byte: invalid, nothing to wait for
+                         : lead >= 0xF0 ? 4
+                         : lead >= 0xE0 ? 3
+                         : lead >= 0xC2 ? 2
+                                        : 1;
+    return length > back + 1 ? s.size() - 1 - back : s.size();
 }
 
 void add_output(json::object& event, const char* key, std::string_view data) {

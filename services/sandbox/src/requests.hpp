@@ -15,6 +15,15 @@ namespace holt::sandbox {
 
 CreateSpec parse_create(const boost::json::value& body);
 
+// What PATCH /v1/sandboxes/{id} changes; the whole body is checked before anything is.
+struct UpdateSpec {
+    bool set_ttl = false;
+    std::optional<std::int64_t> ttl_seconds;  // with set_ttl: nullopt clears the TTL
+    std::optional<std::string> on_expire;
+    std::optional<StringMap> metadata;
+};
+UpdateSpec parse_update(const boost::json::value& body);
+
 struct ExecParams {
     vm::ExecRequest request;
     bool stream = false;
@@ -41,5 +50,10 @@ boost::json::value to_json(const vm::ExitStatus& status);
 // Adds `data` to `event` as "data" when it is UTF-8, as "data_b64" otherwise.
 void add_output(boost::json::object& event, const char* key, std::string_view data);
 bool is_utf8(std::string_view data);
+// How many bytes at the start of `data` are well-formed UTF-8.
+std::size_t utf8_valid_prefix(std::string_view data);
+// `data` without the bytes of a last character that is cut short (its lead byte promises more
+// continuation bytes than follow): output arrives in chunks that may split a character.
+std::size_t utf8_complete_prefix(std::string_view data);
 
 }  // namespace holt::sandbox
