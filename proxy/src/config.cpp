@@ -136,7 +136,8 @@ class Reader {
 
     [[noreturn]] void fail(const std::string& key, const YAML::Node& n,
                            const std::string& expected) const {
-        std::string got = n.IsScalar()     ? "\"" + n.Scalar() + "\""
+        std::string got = !n               ? "nothing"
+                          : n.IsScalar()   ? "\"" + n.Scalar() + "\""
                           : n.IsMap()      ? "a mapping"
                           : n.IsSequence() ? "a list"
                                            : "nothing";
