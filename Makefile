@@ -8,7 +8,7 @@ BUILD_DIR ?= build
 HOLT_VM   := $(BUILD_DIR)/bin/holt-vm
 JOBS      ?= $(shell nproc)
 
-.PHONY: all deps configure build images up test unit-test vm-test store-test e2e-test bench \
+.PHONY: all deps configure build images up test unit-test vm-test store-test proxy-test e2e-test bench \
         bench-sandbox format clean
 
 all: build
@@ -34,6 +34,9 @@ unit-test: build
 
 store-test: build
 	@cd $(BUILD_DIR) && ctest -L store --output-on-failure
+
+proxy-test: build
+	@cd $(BUILD_DIR) && ctest -L proxy --output-on-failure
 
 vm-test: images
 	@cd $(BUILD_DIR) && ctest -L vm --output-on-failure

@@ -24,6 +24,7 @@ struct SandboxLookup {
         not_found,     // no such sandbox (404)
         gone,          // killed or expired (410)
         no_network,    // made without a network policy: it has no NIC to reach (502)
+        failed,        // the lookup itself failed (the database): message says why (502)
     };
     Status status = Status::not_found;
     std::string vm_id;

@@ -238,32 +238,30 @@ struct Shared {
     Metrics& metrics() { return *parts.metrics; }
 };
 
-// Runs `fn` on the blocking pool and resumes the caller on its own executor with the result
-// (or the exception).
+// Runs `fn` on the blocking pool and resumes the awaiting coroutine on `ex` with its result.
+// `fn` must not throw: failures are part of its result. (Exceptions resumed into coroutines, and
+// lambdas passed by value into them, trip GCC 12's coroutine bugs; this is neither.)
 template <typename Fn>
-awaitable<std::invoke_result_t<Fn>> on_blocking_pool(Shared& shared, Fn fn) {
+auto on_blocking_pool(Shared& shared, asio::any_io_executor ex, Fn fn) {
     using T = std::invoke_result_t<Fn>;
-    auto ex = co_await asio::this_coro::executor;
-    co_return co_await asio::async_initiate<decltype(asio::use_awaitable),
-                                            void(std::exception_ptr, T)>(
+    return asio::async_initiate<decltype(asio::use_awaitable), void(T)>(
         [&shared, ex, fn = std::move(fn)](auto handler) mutable {
-            asio::post(shared.blocking,
-                       [ex, fn = std::move(fn), handler = std::move(handler)]() mutable {
-                           std::exception_ptr error;
-                           T value{};
-                           try {
-                               value = fn();
-                           } catch (...) {
-                               error = std::current_exception();
-                           }
-                           asio::post(ex, [handler = std::move(handler), error,
-                                           value = std::move(value)]() mutable {
-                               std::move(handler)(error, std::move(value));
-                           });
-                       });
+            asio::post(shared.blocking, [ex, fn = std::move(fn),
+                                         handler = std::move(handler)]() mutable {
+                T value = fn();
+                asio::post(ex, [handler = std::move(handler), value = std::move(value)]() mutable {
+                    std::move(handler)(std::move(value));
+                });
+            });
         },
         asio::use_awaitable);
 }
+
+// A socket in a VM's namespace, or why there is none.
+struct OpenedSocket {
+    int fd = -1;
+    std::string error;
+};
 
 awaitable<WakeResult> WakeCoordinator::wake(const std::string& sandbox_id,
                                             const std::string& api_key) {
@@ -445,8 +443,10 @@ class Session : public SessionBase {
     awaitable<std::unique_ptr<Upstream>> connect(const Destination& d, std::string& error,
                                                  bool& reused, bool allow_pool);
     awaitable<bool> respond(bhttp::status status, std::string_view content_type, std::string body,
-                            bool keep_alive, RequestRecord& rec, const std::string& location = "");
-    awaitable<bool> refuse(bhttp::request_parser<bhttp::buffer_body>& parser, const Refusal& r,
+                            bool keep_alive, RequestRecord& rec, std::string location = {});
+    // By value, like every coroutine parameter that may be a temporary: GCC 12 destroys
+    // temporaries bound to a coroutine's reference parameters twice.
+    awaitable<bool> refuse(bhttp::request_parser<bhttp::buffer_body>& parser, Refusal r,
                            RequestRecord& rec);
     awaitable<void> tunnel(Upstream& upstream, RequestRecord& rec);
     awaitable<void> close_gracefully();
@@ -672,7 +672,7 @@ void Session<Stream>::finish(RequestRecord& rec) {
 template <typename Stream>
 awaitable<bool> Session<Stream>::respond(bhttp::status status, std::string_view content_type,
                                          std::string body, bool keep_alive, RequestRecord& rec,
-                                         const std::string& location) {
+                                         std::string location) {
     bhttp::response<bhttp::string_body> res{status, 11};
     res.set(bhttp::field::server, "holt-proxy");
     res.set(bhttp::field::content_type, content_type);
@@ -692,7 +692,7 @@ awaitable<bool> Session<Stream>::respond(bhttp::status status, std::string_view 
 
 template <typename Stream>
 awaitable<bool> Session<Stream>::refuse(bhttp::request_parser<bhttp::buffer_body>& parser,
-                                        const Refusal& r, RequestRecord& rec) {
+                                        Refusal r, RequestRecord& rec) {
     rec.error = r.reason;
     // An unread request body would be taken for the next request: such a connection closes.
     bool keep = parser.is_done() && parser.get().keep_alive();
@@ -787,16 +787,21 @@ awaitable<std::variant<Destination, Refusal>> Session<Stream>::resolve_sandbox(
     }
     auto* sandboxes = shared_.parts.sandboxes;
     for (int attempt = 0;; ++attempt) {
-        SandboxLookup found;
-        try {
-            found = co_await on_blocking_pool(shared_, [sandboxes, sandbox_id, key] {
+        auto ex = co_await asio::this_coro::executor;
+        auto look = [sandboxes, sandbox_id, key]() noexcept {
+            try {
                 return sandboxes->lookup(sandbox_id, key);
-            });
-        } catch (const std::exception& e) {
-            co_return Refusal{bhttp::status::bad_gateway,
-                              std::string("look up sandbox ") + sandbox_id + ": " + e.what()};
-        }
+            } catch (const std::exception& e) {
+                SandboxLookup failed;
+                failed.status = SandboxLookup::Status::failed;
+                failed.message = "look up sandbox " + sandbox_id + ": " + e.what();
+                return failed;
+            }
+        };
+        SandboxLookup found = co_await on_blocking_pool(shared_, ex, std::move(look));
         switch (found.status) {
+            case Status::failed:
+                co_return Refusal{bhttp::status::bad_gateway, found.message};
             case Status::running:
                 d.vm_id = found.vm_id;
                 d.port = port;
@@ -856,17 +861,22 @@ awaitable<std::unique_ptr<Upstream>> Session<Stream>::connect(const Destination&
     std::unique_ptr<Upstream> upstream;
     tcp::endpoint endpoint;
     if (!d.vm_id.empty()) {
-        int fd = -1;
-        try {
-            std::string vm = d.vm_id;
-            fd = co_await on_blocking_pool(shared_,
-                                           [vm] { return SandboxDirectory::open_socket(vm); });
-        } catch (const std::exception& e) {
-            error = e.what();
+        auto open = [vm = d.vm_id]() noexcept {
+            OpenedSocket opened;
+            try {
+                opened.fd = SandboxDirectory::open_socket(vm);
+            } catch (const std::exception& e) {
+                opened.error = e.what();
+            }
+            return opened;
+        };
+        OpenedSocket opened = co_await on_blocking_pool(shared_, ex, std::move(open));
+        if (opened.fd < 0) {
+            error = opened.error;
             co_return nullptr;
         }
         tcp::socket socket(ex);
-        socket.assign(tcp::v4(), fd);
+        socket.assign(tcp::v4(), opened.fd);
         upstream = std::make_unique<Upstream>(std::move(socket));
         endpoint = {asio::ip::make_address(vm::kGuestAddress), d.port};
     } else {
@@ -954,6 +964,10 @@ awaitable<bool> Session<Stream>::serve(bhttp::request_parser<bhttp::buffer_body>
     std::optional<bhttp::response_parser<bhttp::buffer_body>> rp;
     // A pooled connection the upstream closed meanwhile fails at once: a request without a body
     // is sent once more on a fresh connection.
+    // Failures inside the loop leave it through `failure` (or `body_too_large`) and are answered
+    // after it: GCC 12 miscompiles `co_return co_await` from inside this loop (double free).
+    std::optional<Refusal> failure;
+    bool body_too_large = false;
     for (int attempt = 0;; ++attempt) {
         std::string error;
         bool reused = false;
@@ -961,7 +975,8 @@ awaitable<bool> Session<Stream>::serve(bhttp::request_parser<bhttp::buffer_body>
         rec.reused = reused;
         if (!upstream) {
             shared_.metrics().upstream_failures++;
-            co_return co_await refuse(parser, {bhttp::status::bad_gateway, error}, rec);
+            failure = Refusal{bhttp::status::bad_gateway, error};
+            break;
         }
         if (attempt == 0 && expect_continue && has_body) {
             static const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -981,25 +996,21 @@ awaitable<bool> Session<Stream>::serve(bhttp::request_parser<bhttp::buffer_body>
         if (in_error) {
             rec.error = "reading the request body from the client: " +
                         describe(in_error, config_.timeouts.read);
-            if (in_error == bhttp::error::body_limit) {
-                co_return co_await respond(bhttp::status::payload_too_large, "text/plain",
-                                           "413 Payload Too Large: the body is over " +
-                                               std::to_string(config_.limits.body_bytes) +
-                                               " bytes\n",
-                                           false, rec);
+            body_too_large = in_error == bhttp::error::body_limit;
+            if (!body_too_large) {
+                co_return false;
             }
-            co_return false;
+            break;
         }
         if (out_error) {
             if (reused && !has_body) {
                 continue;
             }
             shared_.metrics().upstream_failures++;
-            co_return co_await refuse(
-                parser,
-                {bhttp::status::bad_gateway, "send the request to " + d.target + ": " +
-                                                 describe(out_error, config_.timeouts.write)},
-                rec);
+            failure = Refusal{bhttp::status::bad_gateway,
+                              "send the request to " + d.target + ": " +
+                                  describe(out_error, config_.timeouts.write)};
+            break;
         }
 
         // The response head; 1xx answers other than 101 are skipped.
@@ -1027,17 +1038,24 @@ awaitable<bool> Session<Stream>::serve(bhttp::request_parser<bhttp::buffer_body>
             }
             shared_.metrics().upstream_failures++;
             bool timeout = is_timeout(ec);
-            co_return co_await refuse(
-                parser,
-                {timeout ? bhttp::status::gateway_timeout : bhttp::status::bad_gateway,
-                 d.target + " did not answer: " +
-                     (ec == bhttp::error::header_limit
-                          ? "its response head is over " +
-                                std::to_string(config_.limits.header_bytes) + " bytes"
-                          : describe(ec, config_.timeouts.response))},
-                rec);
+            failure = Refusal{timeout ? bhttp::status::gateway_timeout : bhttp::status::bad_gateway,
+                              d.target + " did not answer: " +
+                                  (ec == bhttp::error::header_limit
+                                       ? "its response head is over " +
+                                             std::to_string(config_.limits.header_bytes) + " bytes"
+                                       : describe(ec, config_.timeouts.response))};
+            break;
         }
         break;
+    }
+    if (body_too_large) {
+        co_return co_await respond(bhttp::status::payload_too_large, "text/plain",
+                                   "413 Payload Too Large: the body is over " +
+                                       std::to_string(config_.limits.body_bytes) + " bytes\n",
+                                   false, rec);
+    }
+    if (failure) {
+        co_return co_await refuse(parser, std::move(*failure), rec);
     }
     rec.upstream_ms = millis_since(upstream_start);
     auto& res = rp->get();
