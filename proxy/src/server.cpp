@@ -732,7 +732,7 @@ awaitable<std::variant<Destination, Refusal>> Session<Stream>::resolve(
             std::string_view target(req.target().data(), req.target().size());
             for (const auto& [prefix, address] : shared_.services) {
                 if (path_has_prefix(target, prefix)) {
-                    d.route = "api:" + prefix;
+                    d.route = rec.route = "api:" + prefix;
                     d.address = address;
                     d.target = address.host + ":" + std::to_string(address.port);
                     d.pool_key = "tcp:" + d.target;
@@ -745,6 +745,7 @@ awaitable<std::variant<Destination, Refusal>> Session<Stream>::resolve(
         case HostTarget::Kind::app: {
             d.kind = rec.kind = RouteKind::app;
             d.route = t.branch.empty() ? "app:" + t.app : "preview:" + t.branch + "--" + t.app;
+            rec.route = d.route;
             auto route = shared_.parts.routes->find(t.app, t.branch);
             if (!route) {
                 co_return Refusal{bhttp::status::not_found,
@@ -764,6 +765,7 @@ awaitable<std::variant<Destination, Refusal>> Session<Stream>::resolve(
         case HostTarget::Kind::sandbox_port: {
             d.kind = rec.kind = RouteKind::sandbox;
             d.route = "sandbox:" + t.sandbox_id + ":" + std::to_string(t.port);
+            rec.route = d.route;
             std::string key;
             auto auth = req.find(bhttp::field::authorization);
             if (auth != req.end() && auth->value().starts_with("Bearer ")) {
