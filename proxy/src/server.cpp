@@ -52,6 +52,9 @@ constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 // How much of a body moves per read and write, per direction.
 constexpr std::size_t kRelayBuffer = 64 * 1024;
 
+// A pooled upstream connection idle for less than this is not checked before use.
+constexpr std::chrono::milliseconds kTrustIdle{1000};
+
 double millis_since(Clock::time_point start) {
     return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
@@ -350,8 +353,14 @@ std::unique_ptr<Upstream> Worker::take(const std::string& key, std::chrono::mill
     while (!list.empty()) {
         auto upstream = std::move(list.back());
         list.pop_back();
-        if (Clock::now() - upstream->idle_since < max_idle &&
-            !peer_closed(upstream->stream.socket())) {
+        auto idle_for = Clock::now() - upstream->idle_since;
+        if (idle_for >= max_idle) {
+            continue;
+        }
+        // Upstreams close idle connections after seconds, not milliseconds: a connection idle
+        // for less than kTrustIdle is used without the extra syscall of a check (a request
+        // without a body that finds it closed after all is sent again on a fresh one).
+        if (idle_for < kTrustIdle || !peer_closed(upstream->stream.socket())) {
             return upstream;
         }
     }
@@ -479,11 +488,16 @@ awaitable<std::uint64_t> relay_message(In& in, beast::flat_buffer& in_buffer,
     auto& body = parser.get().body();
     body.data = nullptr;
     body.more = !parser.is_done();
-    beast::get_lowest_layer(out).expires_after(t.write);
-    auto [ec_head, n_head] = co_await bhttp::async_write_header(out, serializer, use_tuple);
-    if (ec_head) {
-        out_error = ec_head;
-        co_return moved;
+    // The head goes out on its own only when no body is at hand yet, so that a slow body (a
+    // stream of events) does not hold the head back; otherwise head and first piece of the body
+    // leave together, in one write.
+    if (!parser.is_done() && in_buffer.size() == 0) {
+        beast::get_lowest_layer(out).expires_after(t.write);
+        auto [ec_head, n_head] = co_await bhttp::async_write_header(out, serializer, use_tuple);
+        if (ec_head) {
+            out_error = ec_head;
+            co_return moved;
+        }
     }
     while (!parser.is_done()) {
         body.data = buffer;
