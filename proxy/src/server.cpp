@@ -183,15 +183,17 @@ class SessionBase {
 };
 
 // One thread: its io_context, its listeners, its sessions and its upstream pool.
+// Declaration order matters: `sessions` outlives `ioc`, whose destruction ends the coroutines of
+// sessions still open after the grace period (they erase themselves from it); sockets die first.
 struct Worker {
     explicit Worker(Shared& s) : shared(s), ioc(1) {}
     Shared& shared;
+    std::set<SessionBase*> sessions;
+    bool stopping = false;
     asio::io_context ioc;
     std::vector<tcp::acceptor> acceptors;
     std::vector<bool> acceptor_tls;
-    std::set<SessionBase*> sessions;
     std::unordered_map<std::string, std::vector<std::unique_ptr<Upstream>>> idle;
-    bool stopping = false;
 
     std::unique_ptr<Upstream> take(const std::string& key, std::chrono::milliseconds max_idle);
     void give(std::unique_ptr<Upstream> upstream, std::size_t max_idle_per_target);

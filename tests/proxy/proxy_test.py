@@ -785,6 +785,31 @@ class ShutdownTest(unittest.TestCase):
             backend.shutdown()
 
 
+    def test_grace_period_ends_requests_that_take_too_long(self):
+        backend = start_backend("stuck")
+        proxy = Proxy(Platform.workdir, Platform.database_url, "grace",
+                      "timeouts: {shutdown_grace_ms: 500}\n")
+        try:
+            psql(Platform.database_url, "DELETE FROM proxy.routes WHERE app = 'stuck'")
+            psql(Platform.database_url,
+                 f"INSERT INTO proxy.routes (app, target) VALUES ('stuck', "
+                 f"'http://127.0.0.1:{backend.server_address[1]}')")
+            wait_until(lambda: proxy.request("stuck." + DOMAIN)[0].status == 200, "the route")
+            client = RawClient(proxy.port)
+            client.send(f"GET /hold HTTP/1.1\r\nHost: stuck.{DOMAIN}\r\n\r\n".encode())
+            self.assertTrue(backend.holding.wait(20))
+            proxy.process.send_signal(signal.SIGTERM)
+            # It gives up on the held request after the grace period and exits cleanly.
+            self.assertEqual(proxy.process.wait(20), 0)
+            self.assertIn("still open after the grace period", proxy.read_log())
+            self.assertEqual(client.sock.recv(1), b"")
+            client.close()
+        finally:
+            backend.release.set()
+            proxy.stop()
+            backend.shutdown()
+
+
 class RedirectTest(unittest.TestCase):
     def test_http_redirected_to_https(self):
         https_port = free_port()
