@@ -72,6 +72,24 @@ def parse_ms(text):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+def cpu_seconds(pid):
+    """User and system CPU time of process `pid` and its children processes (nginx workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # fields[1] is the parent pid; fields[11] and [12] are utime and stime.
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def run_wrk(url, host, args):
     out = subprocess.run(
         ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration}s",
@@ -144,7 +162,8 @@ def main():
         with open(config, "w") as f:
             f.write(f"domain: {DOMAIN}\nlisten: 127.0.0.1:{holt_port}\nadmin_listen: off\n"
                     f"workers: {args.workers}\ndatabase_url: \"{url}\"\ndata_dir: {workdir}\n"
-                    f"access_log: false\nlimits: {{max_requests_per_connection: 100000}}\n")
+                    f"access_log: false\nlimits: {{max_requests_per_connection: 100000}}\n"
+                    f"upstream: {{max_idle_per_target: 64}}\n")
         log = open(os.path.join(workdir, "holt-proxy.log"), "w")
         processes.append(subprocess.Popen([os.path.join(args.bin, "holt-proxy"), "--config",
                                            config], stdout=log, stderr=subprocess.STDOUT))
@@ -155,9 +174,16 @@ def main():
         time.sleep(1)  # the NOTIFY-driven reload
 
         host = "bench." + DOMAIN
-        for name, port in (("direct", backend_port), ("holt-proxy", holt_port),
-                           ("nginx", nginx_port)):
+        targets = (("direct", backend_port, None), ("holt-proxy", holt_port, processes[2]),
+                   ("nginx", nginx_port, processes[1]))
+        for name, port, process in targets:
+            before = cpu_seconds(process.pid) if process else 0.0
             result = run_wrk(f"http://127.0.0.1:{port}/index.html", host, args)
+            if process:
+                # CPU the proxy spent per request: steadier than requests/s on a shared machine.
+                used = cpu_seconds(process.pid) - before
+                requests = result["requests_per_s"] * args.duration
+                result["proxy_cpu_us_per_request"] = round(used / requests * 1e6, 2)
             print(json.dumps({"bench": "proxy", "target": name, "workers": args.workers,
                               "connections": args.connections, "duration_s": args.duration,
                               **result}), flush=True)

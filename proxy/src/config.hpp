@@ -67,7 +67,7 @@ struct Timeouts {
 };
 
 struct UpstreamPool {
-    std::size_t max_idle_per_target = 32;    // per worker thread
+    std::size_t max_idle_per_target = 64;    // per worker thread
     std::chrono::milliseconds idle{30'000};  // an idle pooled connection is closed after
 };
 
