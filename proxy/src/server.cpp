@@ -418,12 +418,14 @@ class Session : public SessionBase {
           tls_(tls),
           client_(std::move(client)),
           id_(worker.shared.next_connection++),
-          relay_buffer_(new char[kRelayBuffer]) {
+          relay_buffer_(new char[kRelayBuffer]),
+          header_timer_(stream_.get_executor()) {
         worker_.sessions.insert(this);
         shared_.metrics().open_connections++;
         shared_.metrics().connections_total++;
     }
     ~Session() override {
+        *alive_ = false;  // a header timer's handler still queued must not touch this
         worker_.sessions.erase(this);
         shared_.metrics().open_connections--;
     }
@@ -472,6 +474,9 @@ class Session : public SessionBase {
     std::uint64_t id_;
     beast::flat_buffer buffer_;
     std::unique_ptr<char[]> relay_buffer_;
+    asio::steady_timer header_timer_;
+    bool header_timed_out_ = false;
+    std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
     bool idle_ = false;
     bool draining_ = false;
     std::size_t served_ = 0;
@@ -487,6 +492,7 @@ awaitable<std::uint64_t> relay_message(In& in, beast::flat_buffer& in_buffer,
                                        beast::error_code& in_error, beast::error_code& out_error) {
     bhttp::serializer<isRequest, bhttp::buffer_body> serializer(parser.get());
     std::uint64_t moved = 0;
+    bool ended = false;
     auto& body = parser.get().body();
     body.data = nullptr;
     body.more = !parser.is_done();
@@ -514,12 +520,17 @@ awaitable<std::uint64_t> relay_message(In& in, beast::flat_buffer& in_buffer,
             co_return moved;
         }
         std::size_t got = kRelayBuffer - body.size;
-        body.data = buffer;
+        // No data is nullptr, not an empty piece: Beast would send an empty piece of a chunked
+        // body as a chunk of size 0, which is the last-chunk marker, and then end the body again.
+        body.data = got > 0 ? buffer : nullptr;
         body.size = got;
         body.more = !parser.is_done();
         if (got == 0 && body.more) {
             continue;
         }
+        // A write with more == false ends the body (for chunked: the last chunk) even when the
+        // serializer does not yet say it is done: it must not be ended twice.
+        ended = !body.more;
         beast::get_lowest_layer(out).expires_after(t.write);
         auto [wec, w] = co_await bhttp::async_write(out, serializer, use_tuple);
         if (wec == bhttp::error::need_buffer) {
@@ -531,7 +542,7 @@ awaitable<std::uint64_t> relay_message(In& in, beast::flat_buffer& in_buffer,
         }
         moved += got;
     }
-    if (!serializer.is_done()) {
+    if (!ended && !serializer.is_done()) {
         body.data = nullptr;
         body.size = 0;
         body.more = false;
@@ -605,8 +616,23 @@ awaitable<void> Session<Stream>::run() {
         parser.body_limit(config_.limits.body_bytes == 0 ? std::numeric_limits<std::uint64_t>::max()
                                                          : config_.limits.body_bytes);
         RequestRecord rec;
-        lower().expires_after(config_.timeouts.header);
+        // The header timeout cancels the read rather than closing the socket (as the stream's
+        // own timeout would), so that the client still learns why: 408.
+        lower().expires_never();
+        header_timer_.expires_after(config_.timeouts.header);
+        header_timed_out_ = false;
+        header_timer_.async_wait([this, alive = alive_](beast::error_code tec) {
+            if (!tec && *alive) {
+                header_timed_out_ = true;
+                beast::error_code ignored;
+                lower().socket().cancel(ignored);
+            }
+        });
         auto [ec, n] = co_await bhttp::async_read_header(stream_, buffer_, parser, use_tuple);
+        header_timer_.cancel();
+        if (header_timed_out_ && ec) {
+            ec = beast::error::timeout;
+        }
         if (ec) {
             if (ec == bhttp::error::end_of_stream || ec == asio::error::eof ||
                 ec == asio::error::connection_reset) {
@@ -622,8 +648,10 @@ awaitable<void> Session<Stream>::run() {
             } else if (is_timeout(ec)) {
                 rec.error = "request head not received within " +
                             std::to_string(config_.timeouts.header.count()) + "ms";
-                // The socket is closed by the timeout: nothing can be sent any more.
-                finish(rec);
+                co_await respond(bhttp::status::request_timeout, "text/plain",
+                                 "408 Request Timeout: the request head did not arrive within " +
+                                     std::to_string(config_.timeouts.header.count()) + "ms\n",
+                                 false, rec);
             } else if (ec == bhttp::error::body_limit) {
                 rec.error = "body over the limit";
                 co_await respond(bhttp::status::payload_too_large, "text/plain",
@@ -635,6 +663,7 @@ awaitable<void> Session<Stream>::run() {
                 co_await respond(bhttp::status::bad_request, "text/plain",
                                  "400 Bad Request: " + ec.message() + "\n", false, rec);
             }
+            finish(rec);
             break;
         }
         ++served_;
