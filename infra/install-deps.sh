@@ -20,6 +20,8 @@ packages=(
   # benchmarks: gVisor's runsc, run beside Holt for comparison; nginx and wrk for the proxy's
   # (bench/proxy_bench.py)
   runsc nginx wrk
+  # the proxy's tests make certificates with the openssl tool
+  openssl
 )
 
 missing=()
