@@ -8,8 +8,8 @@ BUILD_DIR ?= build
 HOLT_VM   := $(BUILD_DIR)/bin/holt-vm
 JOBS      ?= $(shell nproc)
 
-.PHONY: all deps configure build images up test unit-test vm-test store-test e2e-test bench \
-        bench-sandbox format clean
+.PHONY: all deps configure build images up test unit-test vm-test store-test proxy-test e2e-test bench \
+        bench-sandbox bench-proxy format clean
 
 all: build
 
@@ -35,6 +35,9 @@ unit-test: build
 store-test: build
 	@cd $(BUILD_DIR) && ctest -L store --output-on-failure
 
+proxy-test: build
+	@cd $(BUILD_DIR) && ctest -L proxy --output-on-failure
+
 vm-test: images
 	@cd $(BUILD_DIR) && ctest -L vm --output-on-failure
 
@@ -50,6 +53,10 @@ bench: images
 # Needs the platform running (make up) and HOLT_API_URL, HOLT_API_KEY set.
 bench-sandbox:
 	@bench/sandbox_bench.py
+
+# holt-proxy beside nginx in front of one static backend, driven by wrk (loopback only).
+bench-proxy: build
+	@bench/proxy_bench.py --bin $(BUILD_DIR)/bin
 
 format:
 	@git ls-files '*.cpp' '*.hpp' | xargs clang-format -i

@@ -17,8 +17,11 @@ packages=(
   iproute2 nftables libmnl-dev libnftables-dev
   # control database: libpqxx for libs/store, and the server Holt runs as its private cluster
   libpqxx-dev postgresql postgresql-client
-  # benchmarks: gVisor's runsc, run beside Holt for comparison
-  runsc
+  # benchmarks: gVisor's runsc, run beside Holt for comparison; nginx and wrk for the proxy's
+  # (bench/proxy_bench.py)
+  runsc nginx wrk
+  # the proxy's tests make certificates with the openssl tool
+  openssl
 )
 
 missing=()

@@ -1098,6 +1098,24 @@ int VmNetwork::open_tcp_socket() const {
     });
 }
 
+int VmNetwork::open_tcp_socket_in(const std::string& vm_id) {
+    return with_context("open a socket in the network of " + vm_id, [&] {
+        check_vm_id(vm_id);
+        fs::path path = kNetnsDir / (kNetnsPrefix + vm_id);
+        Fd netns(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+        if (netns.get() < 0) {
+            throw_errno("open " + path.string());
+        }
+        return in_namespace(netns.get(), [] {
+            int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+            if (fd < 0) {
+                throw_errno("create socket");
+            }
+            return fd;
+        });
+    });
+}
+
 int VmNetwork::connect_tcp(std::uint16_t guest_port, std::chrono::milliseconds timeout) const {
     std::string what = "connect to " + vm_id_ + " port " + std::to_string(guest_port);
     UniqueFd fd(with_context(what, [&] { return open_tcp_socket(); }));

@@ -110,6 +110,9 @@ class VmNetwork {
     // An unconnected non-blocking TCP socket (O_CLOEXEC) inside the VM's namespace, for callers
     // that connect asynchronously (the edge proxy hands it to Asio and connects to kGuestAddress).
     int open_tcp_socket() const;
+    // The same for the network of VM `vm_id`, made by any process, without taking charge of it
+    // (the edge proxy reaching a sandbox's port). Throws holt::Error when the namespace is gone.
+    static int open_tcp_socket_in(const std::string& vm_id);
 
     // Lets the network outlive this object, for a later adopt().
     void detach() noexcept;
