@@ -1102,7 +1102,7 @@ int VmNetwork::open_tcp_socket_in(const std::string& vm_id) {
     return with_context("open a socket in the network of " + vm_id, [&] {
         check_vm_id(vm_id);
         fs::path path = kNetnsDir / (kNetnsPrefix + vm_id);
-        Fd netns(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+        UniqueFd netns(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
         if (netns.get() < 0) {
             throw_errno("open " + path.string());
         }
