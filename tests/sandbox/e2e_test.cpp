@@ -364,6 +364,35 @@ TEST(SandboxE2E, AClientThatDisconnectsDoesNotKillItsCommand) {
     kill(id);
 }
 
+TEST(SandboxE2E, AKillGoesAheadOfAHibernateWaitingForCallsInFlight) {
+    auto id = create();
+    // A streamed exec holds the sandbox while its client stays connected.
+    asio::io_context ioc;
+    tcp::socket socket(ioc);
+    socket.connect({asio::ip::make_address("127.0.0.1"), service->port()});
+    bhttp::request<bhttp::string_body> req{bhttp::verb::post, "/v1/sandboxes/" + id + "/exec", 11};
+    req.set(bhttp::field::host, "x");
+    req.set(bhttp::field::authorization, "Bearer " + service->key_a());
+    req.body() = json::serialize(json::object{{"cmd", "sleep 60"}, {"stream", true}});
+    req.prepare_payload();
+    bhttp::write(socket, req);
+    beast::flat_buffer buffer;
+    bhttp::response_parser<bhttp::empty_body> parser;
+    bhttp::read_header(socket, buffer, parser);
+    ASSERT_EQ(parser.get().result_int(), 200);
+
+    // The hibernate waits for that call to end; the kill does not wait for the hibernate.
+    auto hibernate = std::async(std::launch::async,
+                                [&] { return call("POST", "/v1/sandboxes/" + id + "/hibernate"); });
+    std::this_thread::sleep_for(std::chrono::seconds(1));  // let the hibernate start waiting
+    auto killed = call("DELETE", "/v1/sandboxes/" + id);
+    ASSERT_EQ(killed.status, 200) << killed.body;
+    EXPECT_EQ(killed.json().at("state").as_string(), "killed");
+    auto hibernated = hibernate.get();
+    EXPECT_EQ(hibernated.status, 410)
+        << "the hibernate ended because of the kill: " << hibernated.body;
+}
+
 TEST(SandboxE2E, BackgroundProcessesAreListedReattachedAndSignalled) {
     auto id = create();
     auto started =

@@ -422,7 +422,7 @@ SandboxRecord SandboxManager::wake(const std::string& tenant, const std::string&
     return get(tenant, id);
 }
 
-void SandboxManager::hibernate_live(Live& live) {
+void SandboxManager::hibernate_live(Live& live, std::chrono::milliseconds drain) {
     std::unique_lock lock(live.mutex);
     live.changed.wait(lock, [&] { return !live.busy; });
     if (live.state == "killed") {
@@ -433,8 +433,10 @@ void SandboxManager::hibernate_live(Live& live) {
         return;
     }
     live.busy = true;
-    bool drained = live.changed.wait_for(lock, limits_.hibernate_wait,
+    live.draining = true;
+    bool drained = live.changed.wait_for(lock, drain,
                                          [&] { return live.users == 0 || live.state == "killed"; });
+    live.draining = false;
     if (!drained || live.state == "killed") {
         live.busy = false;
         live.changed.notify_all();
@@ -444,7 +446,7 @@ void SandboxManager::hibernate_live(Live& live) {
         }
         throw http::conflict("sandbox " + live.id + " still has " + std::to_string(live.users) +
                              " calls in flight (exec, files) after " +
-                             std::to_string(limits_.hibernate_wait.count() / 1000) +
+                             std::to_string(drain.count() / 1000) +
                              "s; hibernate again once they end");
     }
     auto vm = std::move(live.vm);
@@ -478,7 +480,7 @@ SandboxRecord SandboxManager::hibernate(const std::string& tenant, const std::st
     if (!found) {
         throw_gone(id);
     }
-    hibernate_live(*found);
+    hibernate_live(*found, limits_.hibernate_wait);
     return get(tenant, id);
 }
 
@@ -487,8 +489,9 @@ void SandboxManager::kill_live(const std::shared_ptr<Live>& live, const std::str
     std::shared_ptr<vm::Snapshot> hibernated;
     {
         std::unique_lock lock(live->mutex);
-        // A hibernate or wake under way finishes first (seconds at most); then the kill wins.
-        live->changed.wait(lock, [&] { return !live->busy; });
+        // A hibernate or wake under way finishes first (seconds at most), unless the hibernate
+        // still waits for calls in flight; then the kill wins.
+        live->changed.wait(lock, [&] { return !live->busy || live->draining; });
         if (live->state == "killed") {
             return;
         }
@@ -650,7 +653,9 @@ void SandboxManager::reap() {
         try {
             if (record->on_expire == "hibernate") {
                 if (found && record->state == "running") {
-                    hibernate_live(*found);
+                    // Without waiting: a sandbox with calls in flight is tried again on the next
+                    // pass, and holds up no other sandbox's expiry meanwhile.
+                    hibernate_live(*found, std::chrono::milliseconds(0));
                 }
                 store_.set_expiry(id, std::nullopt);  // the TTL is spent
                 logger()->info("sbx={} expired: hibernated", id);
@@ -658,6 +663,12 @@ void SandboxManager::reap() {
                 kill_live(found, "ttl_expired");
             } else {
                 store_.set_ended(id, "ttl_expired");
+            }
+        } catch (const http::HttpError& e) {
+            if (e.status() == 409) {
+                logger()->debug("sbx={} expired; hibernating once its calls end: {}", id, e.what());
+            } else {
+                logger()->warn("sbx={} expired, but: {}", id, e.what());
             }
         } catch (const std::exception& e) {
             logger()->warn("sbx={} expired, but: {}", id, e.what());

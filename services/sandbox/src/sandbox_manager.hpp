@@ -113,7 +113,9 @@ class SandboxManager {
         std::condition_variable changed;
         std::string state;  // running, hibernated, killed
         bool busy = false;  // a hibernate or wake is under way
-        int users = 0;      // leases out
+        // A busy hibernate is still waiting for calls in flight: a kill may go ahead.
+        bool draining = false;
+        int users = 0;  // leases out
         std::unique_ptr<vm::Vm> vm;
         std::shared_ptr<vm::Snapshot> hibernated;
         std::mutex snapshot_mutex;  // one snapshot or fork of this VM at a time
@@ -126,7 +128,8 @@ class SandboxManager {
     void acquire(Live& live, std::unique_lock<std::mutex>& lock);
     void release(Live& live);
     void kill_live(const std::shared_ptr<Live>& live, const std::string& reason);
-    void hibernate_live(Live& live);
+    // Waits up to `drain` for calls in flight to end (409 conflict after that).
+    void hibernate_live(Live& live, std::chrono::milliseconds drain);
     void wake_locked(Live& live, std::unique_lock<std::mutex>& lock);
     [[noreturn]] void throw_gone(const std::string& id);
 
