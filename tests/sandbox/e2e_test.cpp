@@ -493,6 +493,11 @@ TEST(SandboxE2E, HundredMiBUploadAndDownloadRoundTrip) {
     auto missing = call("GET", "/v1/sandboxes/" + id + "/files?path=/nope");
     EXPECT_EQ(missing.status, 404);
     EXPECT_EQ(missing.code(), "file_not_found");
+    // A name that is not UTF-8 (guest code can make one) is listed as name_b64.
+    EXPECT_EQ(stdout_of(id, "touch \"$(printf '/root/\\377bad')\" && echo ok"), "ok\n");
+    auto listed = call("GET", "/v1/sandboxes/" + id + "/files/list?path=/root");
+    ASSERT_EQ(listed.status, 200) << listed.body;
+    EXPECT_NE(listed.body.find("\"name_b64\":\"/2JhZA==\""), std::string::npos) << listed.body;
     // A device never ends: it is refused, not streamed forever.
     auto device = call("GET", "/v1/sandboxes/" + id + "/files?path=/dev/zero");
     EXPECT_EQ(device.status, 400);

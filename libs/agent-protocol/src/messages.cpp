@@ -68,6 +68,9 @@ std::optional<FileType> file_type_from_string(const std::string& name) {
 json::object parse_object(std::string_view payload) {
     json::parse_options options;
     options.max_depth = 16;
+    // Guest file names and paths are bytes, not always UTF-8. They pass through as they are;
+    // whoever shows them to a client encodes them (the sandbox API sends `name_b64`).
+    options.allow_invalid_utf8 = true;
     boost::system::error_code ec;
     json::value value = json::parse(payload, ec, {}, options);
     if (ec) {

@@ -6,6 +6,7 @@ never held whole in memory.
 
 from __future__ import annotations
 
+import base64
 import os
 import stat as stat_module
 from dataclasses import dataclass
@@ -16,6 +17,15 @@ from .errors import FileNotFound
 
 if TYPE_CHECKING:
     from .sandbox import Sandbox
+
+
+def _name(d: dict, key: str) -> str:
+    """A file name or path; one that is not UTF-8 comes as base64 and is decoded the way Python
+    decodes such names from the OS (surrogateescape)."""
+    if d.get(key) is not None:
+        return d[key]
+    raw = d.get(key + "_b64")
+    return base64.b64decode(raw).decode("utf-8", "surrogateescape") if raw else ""
 
 
 @dataclass
@@ -41,8 +51,8 @@ class FileInfo:
     @classmethod
     def from_json(cls, d: dict) -> "FileInfo":
         return cls(
-            name=d.get("name", ""),
-            path=d.get("path", ""),
+            name=_name(d, "name"),
+            path=_name(d, "path"),
             type=d.get("type", ""),
             size=int(d.get("size") or 0),
             mode=d.get("mode") or "",

@@ -393,14 +393,16 @@ json::value to_json(const vm::FileStat& s) {
 
 json::value to_json(const vm::DirEntry& e, const std::string& dir) {
     std::string base = dir.size() > 1 && dir.back() == '/' ? dir.substr(0, dir.size() - 1) : dir;
-    return json::object{
-        {"name", e.name},
-        {"path", (base == "/" ? "" : base) + "/" + e.path},
+    json::object out{
         {"type", type_name(e.type)},
         {"size", e.size},
         {"mode", mode_string(e.mode)},
         {"mtime", rfc3339(e.mtime)},
     };
+    // A name that is not UTF-8 comes as name_b64 (and path_b64).
+    add_output(out, "name", e.name);
+    add_output(out, "path", (base == "/" ? "" : base) + "/" + e.path);
+    return out;
 }
 
 json::value to_json(const vm::ExitStatus& s) {
@@ -408,7 +410,7 @@ json::value to_json(const vm::ExitStatus& s) {
         {"exit_code", s.exit_code ? json::value(*s.exit_code) : json::value(nullptr)},
         {"signal", s.signal ? json::value(*s.signal) : json::value(nullptr)},
         {"timed_out", s.timed_out},
-        {"duration_ms", static_cast<double>(s.duration.count())},
+        {"duration_ms", static_cast<std::int64_t>(s.duration.count())},
     };
 }
 
