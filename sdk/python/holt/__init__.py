@@ -13,6 +13,7 @@ from .errors import (
     BadRequest,
     Conflict,
     ConnectionFailed,
+    DiskFull,
     ExecTimeout,
     FileNotFound,
     HoltError,
@@ -55,5 +56,6 @@ __all__ = [
     "Snapshot",
     "Unauthorized",
     "Unavailable",
+    "DiskFull",
     "UnknownTemplate",
 ]

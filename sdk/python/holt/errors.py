@@ -97,6 +97,12 @@ class Unavailable(HoltError):
     default_code = "unavailable"
 
 
+class DiskFull(HoltError):
+    """507: the sandbox's own disk is full."""
+
+    default_code = "disk_full"
+
+
 class ConnectionFailed(HoltError):
     """The service could not be reached, or the connection broke mid-answer (no HTTP status)."""
 
@@ -130,6 +136,7 @@ _BY_CODE: dict[str, type[HoltError]] = {
         LimitExceeded,
         InternalError,
         Unavailable,
+        DiskFull,
     )
 }
 

@@ -40,6 +40,10 @@ namespace {
         if (code == "ESRCH") {
             throw HttpError(404, "not_found", e.what());
         }
+        if (code == "ENOSPC" || code == "EDQUOT") {
+            // The sandbox's own disk is full: not the client's mistake, and nothing else's.
+            throw HttpError(507, "disk_full", e.what());
+        }
         throw HttpError(400, "bad_request", e.what());
     } catch (const std::exception& e) {
         throw HttpError(503, "unavailable", what + ": the VM did not answer: " + e.what());
