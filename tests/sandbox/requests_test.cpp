@@ -84,6 +84,12 @@ TEST(ParseExec, CmdOrArgv) {
     EXPECT_EQ(parse_exec(json::parse(R"({"cmd": "x"})")).request.timeout, std::chrono::seconds(60));
 }
 
+TEST(ParseExec, ATinyTimeoutIsStillATimeout) {
+    auto params = parse_exec(json::parse(R"({"cmd": "sleep 5", "timeout_seconds": 0.0001})"));
+    ASSERT_TRUE(params.request.timeout);
+    EXPECT_EQ(*params.request.timeout, std::chrono::milliseconds(1));
+}
+
 TEST(ParseExec, RejectsBadInputWith400) {
     for (const char* body : {
              R"({})",
@@ -166,6 +172,8 @@ TEST(ParseCreate, NulCharactersAndBadVariableNamesAre400) {
              R"({"template": "base", "metadata": {"\u0000": "a"}})",
              R"({"template": "base", "env": {"A=B": "x"}})",
              R"({"template": "base", "env": {"": "x"}})",
+             R"({"snapshot_id": "snap-1", "vcpus": 2})",
+             R"({"snapshot_id": "snap-1", "memory_mib": 1024})",
          }) {
         EXPECT_EQ(status_of([&] { parse_create(json::parse(body)); }), 400) << body;
     }

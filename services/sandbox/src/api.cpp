@@ -308,7 +308,11 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
                 filter.states.push_back(value);
             } else if (key == "limit") {
                 try {
-                    filter.limit = std::stoi(value);
+                    std::size_t used = 0;
+                    filter.limit = std::stoi(value, &used);
+                    if (used != value.size()) {
+                        filter.limit = -1;  // "5x"
+                    }
                 } catch (const std::exception&) {
                     filter.limit = -1;
                 }

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <string.h>
 
+#include <algorithm>
 #include <boost/beast/core/detail/base64.hpp>
 #include <boost/json.hpp>
 #include <cmath>
@@ -163,6 +164,15 @@ CreateSpec parse_create(const json::value& value) {
     }
     spec.env = map_field(body, "env", MapKeys::env_names);
     spec.metadata = map_field(body, "metadata");
+    if (!spec.snapshot_id.empty()) {
+        for (const char* size : {"vcpus", "memory_mib"}) {
+            if (auto* v = body.if_contains(size); v && !v->is_null()) {
+                throw bad_request(std::string("field \"") + size +
+                                  "\" cannot be set with \"snapshot_id\": a sandbox made from a "
+                                  "snapshot has the snapshot's size");
+            }
+        }
+    }
     spec.vcpus = static_cast<int>(in_range(int_field(body, "vcpus").value_or(1), "vcpus", 1, 4));
     spec.memory_mib = static_cast<int>(
         in_range(int_field(body, "memory_mib").value_or(512), "memory_mib", 128, 4096));
@@ -233,7 +243,9 @@ ExecParams parse_exec(const json::value& value) {
         }
     }
     if (timeout > 0) {
-        req.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(timeout * 1000));
+        // At least a millisecond: a tiny timeout must not round down to "none".
+        req.timeout = std::chrono::milliseconds(
+            std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(timeout * 1000))));
     }
     out.stream = bool_field(body, "stream", false);
     out.background = bool_field(body, "background", false);
