@@ -290,18 +290,23 @@ TEST(SandboxE2E, AnotherTenantGets404) {
     kill(id);
 }
 
-TEST(SandboxE2E, StreamedExecDeliversFirstLineBeforeTheEnd) {
-    auto id = create();
-    asio::io_context ioc;
-    tcp::socket socket(ioc);
+// Connects `socket` to the service and sends a streamed exec of `cmd` in sandbox `id`, for tests
+// that read the answer themselves, or keep it unread.
+void send_streamed_exec(tcp::socket& socket, const std::string& id, const std::string& cmd) {
     socket.connect({asio::ip::make_address("127.0.0.1"), service->port()});
     bhttp::request<bhttp::string_body> req{bhttp::verb::post, "/v1/sandboxes/" + id + "/exec", 11};
     req.set(bhttp::field::host, "x");
     req.set(bhttp::field::authorization, "Bearer " + service->key_a());
-    req.body() = json::serialize(
-        json::object{{"cmd", "echo first; sleep 4; echo second"}, {"stream", true}});
+    req.body() = json::serialize(json::object{{"cmd", cmd}, {"stream", true}});
     req.prepare_payload();
     bhttp::write(socket, req);
+}
+
+TEST(SandboxE2E, StreamedExecDeliversFirstLineBeforeTheEnd) {
+    auto id = create();
+    asio::io_context ioc;
+    tcp::socket socket(ioc);
+    send_streamed_exec(socket, id, "echo first; sleep 4; echo second");
 
     beast::flat_buffer buffer;
     bhttp::response_parser<bhttp::buffer_body> parser;
@@ -339,15 +344,7 @@ TEST(SandboxE2E, AClientThatDisconnectsDoesNotKillItsCommand) {
     {
         asio::io_context ioc;
         tcp::socket socket(ioc);
-        socket.connect({asio::ip::make_address("127.0.0.1"), service->port()});
-        bhttp::request<bhttp::string_body> req{bhttp::verb::post, "/v1/sandboxes/" + id + "/exec",
-                                               11};
-        req.set(bhttp::field::host, "x");
-        req.set(bhttp::field::authorization, "Bearer " + service->key_a());
-        req.body() = json::serialize(json::object{
-            {"cmd", "echo started; sleep 2; echo finished > /root/finished"}, {"stream", true}});
-        req.prepare_payload();
-        bhttp::write(socket, req);
+        send_streamed_exec(socket, id, "echo started; sleep 2; echo finished > /root/finished");
         beast::flat_buffer buffer;
         bhttp::response_parser<bhttp::empty_body> parser;
         bhttp::read_header(socket, buffer, parser);
@@ -369,13 +366,7 @@ TEST(SandboxE2E, AKillGoesAheadOfAHibernateWaitingForCallsInFlight) {
     // A streamed exec holds the sandbox while its client stays connected.
     asio::io_context ioc;
     tcp::socket socket(ioc);
-    socket.connect({asio::ip::make_address("127.0.0.1"), service->port()});
-    bhttp::request<bhttp::string_body> req{bhttp::verb::post, "/v1/sandboxes/" + id + "/exec", 11};
-    req.set(bhttp::field::host, "x");
-    req.set(bhttp::field::authorization, "Bearer " + service->key_a());
-    req.body() = json::serialize(json::object{{"cmd", "sleep 60"}, {"stream", true}});
-    req.prepare_payload();
-    bhttp::write(socket, req);
+    send_streamed_exec(socket, id, "sleep 60");
     beast::flat_buffer buffer;
     bhttp::response_parser<bhttp::empty_body> parser;
     bhttp::read_header(socket, buffer, parser);
