@@ -382,6 +382,13 @@ TEST(SandboxE2E, AKillGoesAheadOfAHibernateWaitingForCallsInFlight) {
     auto hibernated = hibernate.get();
     EXPECT_EQ(hibernated.status, 410)
         << "the hibernate ended because of the kill: " << hibernated.body;
+
+    // The streamed exec says why it ended.
+    beast::error_code ec;
+    bhttp::response_parser<bhttp::string_body> rest(std::move(parser));
+    bhttp::read(socket, buffer, rest, ec);
+    EXPECT_NE(rest.get().body().find("\"code\":\"sandbox_gone\""), std::string::npos)
+        << rest.get().body();
 }
 
 TEST(SandboxE2E, BackgroundProcessesAreListedReattachedAndSignalled) {

@@ -50,11 +50,20 @@ namespace {
     }
 }
 
+// A call that failed because the sandbox was killed meanwhile answers 410, not 503.
+[[noreturn]] void throw_killed_during(const SandboxManager::Lease& lease, const std::string& what) {
+    throw HttpError(410, "sandbox_gone",
+                    "sandbox " + lease.sandbox_id() + " was killed during " + what);
+}
+
 template <typename Fn>
-decltype(auto) vm_call(const std::string& what, Fn&& fn) {
+decltype(auto) vm_call(const SandboxManager::Lease& lease, const std::string& what, Fn&& fn) {
     try {
         return fn();
     } catch (...) {
+        if (lease.killed()) {
+            throw_killed_during(lease, what);
+        }
         rethrow_vm_error(what);
     }
 }
@@ -177,7 +186,8 @@ vm::ExecCallbacks queue_callbacks(const std::shared_ptr<EventQueue>& queue) {
 
 // Streams a session's events as NDJSON until it exits or the client goes away. The command
 // runs on either way.
-void stream_session(Exchange& x, vm::ExecSession& session, EventQueue& queue) {
+void stream_session(Exchange& x, const SandboxManager::Lease& lease, vm::ExecSession& session,
+                    EventQueue& queue) {
     // Output was lost: say so instead of pretending the stream is whole.
     auto end_too_slow = [&] {
         queue.close();
@@ -203,8 +213,14 @@ void stream_session(Exchange& x, vm::ExecSession& session, EventQueue& queue) {
         try {
             status = session.wait_for(std::chrono::milliseconds(0));
         } catch (const std::exception& e) {
-            x.write_chunk(line(
-                json::object{{"type", "error"}, {"code", "unavailable"}, {"message", e.what()}}));
+            json::object error{{"type", "error"}, {"code", "unavailable"}, {"message", e.what()}};
+            if (lease.killed()) {
+                error["code"] = "sandbox_gone";
+                error["message"] = "sandbox " + lease.sandbox_id() +
+                                   " was killed while its command (process " +
+                                   std::to_string(session.pid()) + ") ran";
+            }
+            x.write_chunk(line(error));
             x.end_stream();
             return;
         }
@@ -405,7 +421,7 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
         auto& agent = lease.agent();
         const std::string what = "exec in " + lease.sandbox_id();
         if (!params.stream && !params.background) {
-            auto result = vm_call(what, [&] { return agent.run(params.request); });
+            auto result = vm_call(lease, what, [&] { return agent.run(params.request); });
             auto body = to_json(result.status).as_object();
             add_output(body, "stdout", result.stdout_data);
             add_output(body, "stderr", result.stderr_data);
@@ -421,11 +437,11 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
         params.request.stdin_data.reset();
         auto queue = std::make_shared<EventQueue>();
         vm::ExecCallbacks discard{[](std::string_view) {}, [](std::string_view) {}};
-        auto session = vm_call(what, [&] {
+        auto session = vm_call(lease, what, [&] {
             return agent.start(params.request, params.stream ? queue_callbacks(queue) : discard);
         });
         if (stdin_data) {
-            vm_call(what + ": stdin", [&] {
+            vm_call(lease, what + ": stdin", [&] {
                 session->write_stdin(*stdin_data);
                 session->close_stdin();
             });
@@ -434,13 +450,14 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
             x.respond_json(201, json::object{{"pid", session->pid()}});
             return;
         }
-        stream_session(x, *session, *queue);
+        stream_session(x, lease, *session, *queue);
         queue->close();
     });
 
     router.add("GET", "/v1/sandboxes/{id}/processes", [&, authenticate](Exchange& x) {
         auto lease = manager.use(authenticate(x), x.param("id"));
-        auto processes = vm_call("list processes", [&] { return lease.agent().processes(); });
+        auto processes =
+            vm_call(lease, "list processes", [&] { return lease.agent().processes(); });
         json::array list;
         for (const auto& p : processes) {
             if (!p.background) {
@@ -467,11 +484,11 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
         auto lease = manager.use(authenticate(x), x.param("id"));
         auto& agent = lease.agent();
         auto process_id =
-            vm_call("find process", [&] { return process_id_of(agent, x.param("pid")); });
+            vm_call(lease, "find process", [&] { return process_id_of(agent, x.param("pid")); });
         auto queue = std::make_shared<EventQueue>();
-        auto session = vm_call("attach to process " + x.param("pid"),
+        auto session = vm_call(lease, "attach to process " + x.param("pid"),
                                [&] { return agent.attach(process_id, queue_callbacks(queue)); });
-        stream_session(x, *session, *queue);
+        stream_session(x, lease, *session, *queue);
         queue->close();
     });
 
@@ -487,7 +504,7 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
                    }
                    auto lease = manager.use(tenant, x.param("id"));
                    auto& agent = lease.agent();
-                   vm_call("signal process " + x.param("pid"),
+                   vm_call(lease, "signal process " + x.param("pid"),
                            [&] { agent.signal(process_id_of(agent, x.param("pid")), sig); });
                    x.respond_empty(204);
                });
@@ -498,7 +515,7 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
         auto path = guest_path(x.query("path"));
         auto lease = manager.use(tenant, x.param("id"));
         auto& agent = lease.agent();
-        auto stat = vm_call("read " + path, [&] { return agent.stat(path); });
+        auto stat = vm_call(lease, "read " + path, [&] { return agent.stat(path); });
         if (stat.type == vm::FileType::kDirectory) {
             throw http::bad_request(path + " is a directory; list it with /files/list");
         }
@@ -544,8 +561,8 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
         auto& agent = lease.agent();
         BodyStreamBuf buf(x);
         std::istream body(&buf);
-        vm_call("write " + path, [&] { agent.write_file(path, body, write); });
-        auto stat = vm_call("stat " + path, [&] { return agent.stat(path); });
+        vm_call(lease, "write " + path, [&] { agent.write_file(path, body, write); });
+        auto stat = vm_call(lease, "stat " + path, [&] { return agent.stat(path); });
         x.respond_json(201, to_json(stat));
     });
 
@@ -554,7 +571,7 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
         auto path = guest_path(x.query("path"));
         bool recursive = x.query("recursive").value_or("false") == "true";
         auto lease = manager.use(tenant, x.param("id"));
-        vm_call("remove " + path, [&] { lease.agent().remove(path, recursive); });
+        vm_call(lease, "remove " + path, [&] { lease.agent().remove(path, recursive); });
         x.respond_empty(204);
     });
 
@@ -562,7 +579,7 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
         auto tenant = authenticate(x);
         auto path = guest_path(x.query("path"));
         auto lease = manager.use(tenant, x.param("id"));
-        auto entries = vm_call("list " + path, [&] { return lease.agent().list(path); });
+        auto entries = vm_call(lease, "list " + path, [&] { return lease.agent().list(path); });
         json::array list;
         for (const auto& e : entries) {
             list.push_back(to_json(e, path));
@@ -574,8 +591,8 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
         auto tenant = authenticate(x);
         auto path = guest_path(x.query("path"));
         auto lease = manager.use(tenant, x.param("id"));
-        x.respond_json(200,
-                       to_json(vm_call("stat " + path, [&] { return lease.agent().stat(path); })));
+        x.respond_json(
+            200, to_json(vm_call(lease, "stat " + path, [&] { return lease.agent().stat(path); })));
     });
 
     router.add("POST", "/v1/sandboxes/{id}/files/mkdir", [&, authenticate, limit](Exchange& x) {
@@ -590,9 +607,9 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
             parents = p->as_bool();
         }
         auto lease = manager.use(tenant, x.param("id"));
-        vm_call("mkdir " + path, [&] { lease.agent().mkdir(path, parents, 0755); });
-        x.respond_json(201,
-                       to_json(vm_call("stat " + path, [&] { return lease.agent().stat(path); })));
+        vm_call(lease, "mkdir " + path, [&] { lease.agent().mkdir(path, parents, 0755); });
+        x.respond_json(
+            201, to_json(vm_call(lease, "stat " + path, [&] { return lease.agent().stat(path); })));
     });
 
     router.add("POST", "/v1/sandboxes/{id}/files/rename", [&, authenticate, limit](Exchange& x) {
@@ -604,8 +621,9 @@ void add_routes(http::Router& router, SandboxManager& manager, SandboxStore& sto
         auto from = guest_path(string_field(body.as_object(), "from"), "from");
         auto to = guest_path(string_field(body.as_object(), "to"), "to");
         auto lease = manager.use(tenant, x.param("id"));
-        vm_call("rename " + from, [&] { lease.agent().rename(from, to); });
-        x.respond_json(200, to_json(vm_call("stat " + to, [&] { return lease.agent().stat(to); })));
+        vm_call(lease, "rename " + from, [&] { lease.agent().rename(from, to); });
+        x.respond_json(
+            200, to_json(vm_call(lease, "stat " + to, [&] { return lease.agent().stat(to); })));
     });
 
     // --- snapshots ---

@@ -54,6 +54,11 @@ const std::string& SandboxManager::Lease::sandbox_id() const {
     return live_->id;
 }
 
+bool SandboxManager::Lease::killed() const {
+    std::lock_guard lock(live_->mutex);
+    return live_->state == "killed";
+}
+
 void SandboxManager::release(Live& live) {
     std::unique_ptr<vm::Vm> doomed;
     {

@@ -90,6 +90,8 @@ class SandboxManager {
         vm::Vm& vm() const;
         vm::AgentClient& agent() const { return vm().agent(); }
         const std::string& sandbox_id() const;
+        // The sandbox was killed since the lease was taken (its calls then fail).
+        bool killed() const;
 
       private:
         friend class SandboxManager;
